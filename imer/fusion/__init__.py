@@ -1,0 +1,1 @@
+"""Fusion core: datasets, missing protocols, metrics, methods, trainer, bundles."""

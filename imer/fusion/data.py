@@ -1,0 +1,450 @@
+"""Feature datasets: utterance vectors + present masks + labels + dialogue order.
+
+Two layers:
+
+* :class:`FeatureSet` — numpy, host-side, the compiled dataset. It reads and writes imer's
+  on-disk *feature store* (see :func:`save_store` for the format) and is what the community
+  importer (:mod:`imer.fusion.community`) and ``imer extract`` produce.
+* :class:`TensorData` — the same data as torch tensors on the training device, with a
+  dialogue index matrix, so that both dialogue-sequence batches (``[B, L, D]``) and
+  single-utterance batches (``[B, 1, D]``) are a gather, not a Python loop.
+
+Missing entries are zero rows *and* ``present == False`` with a reason: the mask, never the
+zeros, is what says a stream is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from imer.errors import BadInput
+from imer.types import MODALITY_NAMES, MissingReason, TaskKind, TaskSpec
+
+STORE_FORMAT = "imer-feature-store"
+STORE_VERSION = 1
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class FeatureSet:
+    """One row per utterance; rows of the same dialogue are ordered by ``order``.
+
+    Attributes:
+        ids: unique utterance ids.
+        feats: modality name -> float32 ``[N, D]``; rows where the modality is missing are zero.
+        present: bool ``[N, 3]`` in (audio, text, video) order.
+        reasons: str ``[N, 3]``: :class:`MissingReason` values (``"present"`` where present).
+        labels: int64 class index (``-1`` = unlabelled) or float32 value (``nan`` = unlabelled).
+        task: what the labels mean.
+        speakers, dialogues, splits: per-utterance strings (split in train/valid/test or "").
+        order: int64 position of the utterance inside its dialogue.
+        extractors: modality -> description of the extractor that made the features
+            (``{"name": ..., "config": {...}}``); carried into model bundles so that
+            ``predict`` can rebuild exactly the same extractors.
+    """
+
+    ids: list[str]
+    feats: dict[str, np.ndarray]
+    present: np.ndarray
+    reasons: np.ndarray
+    labels: np.ndarray
+    task: TaskSpec
+    speakers: list[str]
+    dialogues: list[str]
+    order: np.ndarray
+    splits: list[str]
+    extractors: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        if len(set(self.ids)) != n:
+            dup = next(i for i in self.ids if self.ids.count(i) > 1)
+            raise BadInput(f"utterance id {dup!r} appears more than once")
+        if set(self.feats) != set(MODALITY_NAMES):
+            raise BadInput(f"features must cover {MODALITY_NAMES}, got {sorted(self.feats)}")
+        for m, x in self.feats.items():
+            if x.ndim != 2 or x.shape[0] != n:
+                raise BadInput(f"{m} features have shape {x.shape}; expected [{n}, D]")
+            if not np.isfinite(x).all():
+                raise BadInput(f"{m} features contain NaN or inf values")
+        self.present = np.asarray(self.present, dtype=bool)
+        if self.present.shape != (n, 3):
+            raise BadInput(f"present mask has shape {self.present.shape}; expected [{n}, 3]")
+        self.reasons = np.asarray(self.reasons, dtype=object)
+        self.order = np.asarray(self.order, dtype=np.int64)
+        for name in ("speakers", "dialogues", "splits"):
+            if len(getattr(self, name)) != n:
+                raise BadInput(f"{name} has {len(getattr(self, name))} entries for {n} utterances")
+        if self.task.kind == TaskKind.CLASSIFICATION:
+            self.labels = np.asarray(self.labels, dtype=np.int64)
+            k = len(self.task.label_names)
+            bad = (self.labels >= k) | (self.labels < -1)
+            if bad.any():
+                raise BadInput(f"label {self.labels[bad][0]} outside 0..{k - 1} (-1 = unlabelled)")
+        else:
+            self.labels = np.asarray(self.labels, dtype=np.float32)
+        # A missing slot holds zeros, whatever the producer left there.
+        for j, m in enumerate(MODALITY_NAMES):
+            self.feats[m] = np.ascontiguousarray(self.feats[m], dtype=np.float32)
+            self.feats[m][~self.present[:, j]] = 0.0
+
+    # ------------------------------------------------------------------ views
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {m: int(x.shape[1]) for m, x in self.feats.items()}
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> "FeatureSet":
+        idx = np.asarray(index, dtype=np.int64)
+        pick = lambda seq: [seq[i] for i in idx]  # noqa: E731
+        return FeatureSet(
+            ids=pick(self.ids),
+            feats={m: x[idx] for m, x in self.feats.items()},
+            present=self.present[idx],
+            reasons=self.reasons[idx],
+            labels=self.labels[idx],
+            task=self.task,
+            speakers=pick(self.speakers),
+            dialogues=pick(self.dialogues),
+            order=self.order[idx],
+            splits=pick(self.splits),
+            extractors=dict(self.extractors),
+        )
+
+    def split(self, name: str) -> "FeatureSet":
+        return self.subset([i for i, s in enumerate(self.splits) if s == name])
+
+    def labelled(self) -> np.ndarray:
+        if self.task.kind == TaskKind.CLASSIFICATION:
+            return self.labels >= 0
+        return ~np.isnan(self.labels)
+
+    def dialogue_groups(self) -> list[np.ndarray]:
+        """Row indices per dialogue, each sorted by ``order``, dialogues in first-seen order."""
+        groups: dict[str, list[int]] = {}
+        for i, d in enumerate(self.dialogues):
+            groups.setdefault(d, []).append(i)
+        return [np.asarray(sorted(g, key=lambda i: self.order[i]), dtype=np.int64) for g in groups.values()]
+
+    def summary(self) -> dict:
+        return {
+            "utterances": len(self),
+            "dialogues": len(set(self.dialogues)),
+            "splits": {s: self.splits.count(s) for s in sorted(set(self.splits))},
+            "dims": self.dims,
+            "present": {m: int(self.present[:, j].sum()) for j, m in enumerate(MODALITY_NAMES)},
+            "task": self.task.to_dict(),
+        }
+
+
+# ---------------------------------------------------------------------- standardisation
+@dataclass
+class Standardizer:
+    """Per-dimension z-scoring fitted on the training split's *present* rows only.
+
+    Feature sets differ wildly in scale (eGeMAPS reaches |x| ~ 5000, MiniLM is unit norm);
+    unscaled input sends attention models to NaN. Missing rows stay exactly zero.
+    """
+
+    mean: dict[str, np.ndarray]
+    std: dict[str, np.ndarray]
+
+    @classmethod
+    def fit(cls, fs: FeatureSet, eps: float = 1e-6) -> "Standardizer":
+        mean, std = {}, {}
+        for j, m in enumerate(MODALITY_NAMES):
+            x = fs.feats[m][fs.present[:, j]]
+            if len(x) == 0:
+                mean[m] = np.zeros(fs.dims[m], np.float32)
+                std[m] = np.ones(fs.dims[m], np.float32)
+                continue
+            mean[m] = x.mean(0).astype(np.float32)
+            s = x.std(0).astype(np.float32)
+            std[m] = np.where(s < eps, 1.0, s).astype(np.float32)
+        return cls(mean, std)
+
+    def apply(self, fs: FeatureSet) -> FeatureSet:
+        out = fs.subset(np.arange(len(fs)))
+        for j, m in enumerate(MODALITY_NAMES):
+            out.feats[m] = ((out.feats[m] - self.mean[m]) / self.std[m]).astype(np.float32)
+            out.feats[m][~out.present[:, j]] = 0.0
+        return out
+
+    def transform(self, modality: str, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean[modality]) / self.std[modality]).astype(np.float32)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        d = {f"{m}.mean": v for m, v in self.mean.items()}
+        d.update({f"{m}.std": v for m, v in self.std.items()})
+        return d
+
+    @classmethod
+    def from_tensors(cls, d: dict[str, np.ndarray]) -> "Standardizer":
+        return cls(
+            {m: np.asarray(d[f"{m}.mean"]) for m in MODALITY_NAMES},
+            {m: np.asarray(d[f"{m}.std"]) for m in MODALITY_NAMES},
+        )
+
+
+# ---------------------------------------------------------------------- on-disk store
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def save_store(fs: FeatureSet, out: str | Path) -> Path:
+    """Write ``fs`` as an imer feature store folder.
+
+    Layout (no pickle anywhere; every file is written to a temp name and renamed):
+
+    * ``store.json`` — header: format, version, task, per modality ``dim`` and ``extractor``.
+    * ``utterances.jsonl`` — one JSON object per utterance, in row order: ``id``, ``label``
+      (class index, float, or null), ``speaker``, ``dialogue``, ``order``, ``split``,
+      ``present`` (``{"audio": bool, ...}``) and ``reason`` (``{"audio": "silent_audio", ...}``).
+    * ``features.safetensors`` — one float32 ``[N, D]`` tensor per modality, rows in the same
+      order; memory-mappable, loads without executing code.
+
+    ``store.json`` is written last, so a folder without it is never mistaken for a store.
+    """
+    from safetensors.numpy import save as st_save
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, uid in enumerate(fs.ids):
+        if fs.task.kind == TaskKind.CLASSIFICATION:
+            label = int(fs.labels[i]) if fs.labels[i] >= 0 else None
+        else:
+            label = None if np.isnan(fs.labels[i]) else float(fs.labels[i])
+        rows.append(
+            json.dumps(
+                {
+                    "id": uid,
+                    "label": label,
+                    "speaker": fs.speakers[i],
+                    "dialogue": fs.dialogues[i],
+                    "order": int(fs.order[i]),
+                    "split": fs.splits[i],
+                    "present": {m: bool(fs.present[i, j]) for j, m in enumerate(MODALITY_NAMES)},
+                    "reason": {m: str(fs.reasons[i, j]) for j, m in enumerate(MODALITY_NAMES)},
+                },
+                ensure_ascii=False,
+            )
+        )
+    _atomic_write_bytes(out / "features.safetensors", st_save({m: fs.feats[m] for m in MODALITY_NAMES}))
+    atomic_write_text(out / "utterances.jsonl", "\n".join(rows) + "\n")
+    header = {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "num_utterances": len(fs),
+        "task": fs.task.to_dict(),
+        "modalities": {m: {"dim": fs.dims[m], "extractor": fs.extractors.get(m, {"name": "unknown"})} for m in MODALITY_NAMES},
+    }
+    atomic_write_text(out / "store.json", json.dumps(header, indent=2))
+    return out
+
+
+def is_store(path: str | Path) -> bool:
+    return (Path(path) / "store.json").is_file()
+
+
+def load_store(path: str | Path) -> FeatureSet:
+    """Read a folder written by :func:`save_store` (or by ``imer extract``)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    head_file = path / "store.json"
+    if not head_file.is_file():
+        raise BadInput(
+            f"{path}: not an imer feature store (no store.json). Create one with "
+            "'imer extract MEDIA --out DIR' or 'imer import-community ... --out DIR'."
+        )
+    header = json.loads(head_file.read_text())
+    if header.get("format") != STORE_FORMAT:
+        raise BadInput(f"{head_file}: format {header.get('format')!r} is not {STORE_FORMAT!r}")
+    if int(header.get("version", 0)) > STORE_VERSION:
+        raise BadInput(f"{head_file}: store version {header['version']} is newer than this imer reads ({STORE_VERSION}); upgrade imer")
+    task = TaskSpec.from_dict(header["task"])
+    rows = [json.loads(line) for line in (path / "utterances.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    n = len(rows)
+    if n != header["num_utterances"]:
+        raise BadInput(f"{path}: utterances.jsonl has {n} rows, store.json says {header['num_utterances']}; the store is incomplete, re-create it")
+    feats = {}
+    with safe_open(str(path / "features.safetensors"), framework="numpy") as f:
+        for m in MODALITY_NAMES:
+            feats[m] = f.get_tensor(m)
+    if task.kind == TaskKind.CLASSIFICATION:
+        labels = np.array([-1 if r["label"] is None else int(r["label"]) for r in rows], dtype=np.int64)
+    else:
+        labels = np.array([np.nan if r["label"] is None else float(r["label"]) for r in rows], dtype=np.float32)
+    return FeatureSet(
+        ids=[r["id"] for r in rows],
+        feats=feats,
+        present=np.array([[r["present"][m] for m in MODALITY_NAMES] for r in rows], dtype=bool).reshape(n, 3),
+        reasons=np.array([[r["reason"][m] for m in MODALITY_NAMES] for r in rows], dtype=object).reshape(n, 3),
+        labels=labels,
+        task=task,
+        speakers=[r.get("speaker", "") or "" for r in rows],
+        dialogues=[r.get("dialogue") or r["id"] for r in rows],
+        order=np.array([r.get("order", 0) for r in rows], dtype=np.int64),
+        splits=[r.get("split", "") or "" for r in rows],
+        extractors={m: header["modalities"][m].get("extractor", {}) for m in MODALITY_NAMES},
+    )
+
+
+def make_validation_split(fs: FeatureSet, fraction: float, seed: int) -> FeatureSet:
+    """Move a random ``fraction`` of training *dialogues* to 'valid' (whole dialogues, so no leakage).
+
+    Used when the data has no validation split: model selection then never looks at test.
+    """
+    if "valid" in fs.splits:
+        return fs
+    train_dialogues = sorted({d for d, s in zip(fs.dialogues, fs.splits) if s == "train"})
+    if len(train_dialogues) < 2:
+        raise BadInput("need at least 2 training dialogues to hold one out for validation")
+    rng = np.random.default_rng(seed)
+    k = max(1, int(round(fraction * len(train_dialogues))))
+    held = set(rng.choice(train_dialogues, size=k, replace=False).tolist())
+    out = fs.subset(np.arange(len(fs)))
+    out.splits = ["valid" if (s == "train" and d in held) else s for d, s in zip(fs.dialogues, fs.splits)]
+    return out
+
+
+# ---------------------------------------------------------------------- tensors & batches
+@dataclass
+class Batch:
+    """What a fusion method sees. ``L`` = 1 in utterance mode.
+
+    Attributes:
+        feats: modality -> ``[B, L, D]`` float; values in missing slots are unspecified
+            (methods zero them with ``present``).
+        present: ``[B, L, 3]`` bool: the data's own mask AND the protocol's mask.
+        valid: ``[B, L]`` bool: False on padding.
+        y: ``[B, L]`` labels (long for classification, float for regression).
+        index: ``[B, L]`` row numbers in the source :class:`FeatureSet` (-1 on padding).
+    """
+
+    feats: dict
+    present: "object"
+    valid: "object"
+    y: "object"
+    index: "object"
+
+    @property
+    def labelled(self):
+        import torch
+
+        if self.y.dtype == torch.long:
+            return self.valid & (self.y >= 0)
+        return self.valid & ~torch.isnan(self.y)
+
+
+class TensorData:
+    """A :class:`FeatureSet` moved once to a device, batched by index gathers."""
+
+    def __init__(self, fs: FeatureSet, device: "object" = "cpu"):
+        import torch
+
+        self.fs = fs
+        self.device = torch.device(device)
+        n = len(fs)
+        self.n = n
+        # One extra all-zero row at index n serves every padding position.
+        self.feats = {
+            m: torch.from_numpy(np.concatenate([x, np.zeros((1, x.shape[1]), np.float32)])).to(self.device)
+            for m, x in fs.feats.items()
+        }
+        self.present = torch.from_numpy(np.concatenate([fs.present, np.zeros((1, 3), bool)])).to(self.device)
+        if fs.task.kind == TaskKind.CLASSIFICATION:
+            y = np.concatenate([fs.labels, [-1]]).astype(np.int64)
+        else:
+            y = np.concatenate([fs.labels, [np.nan]]).astype(np.float32)
+        self.y = torch.from_numpy(y).to(self.device)
+        groups = fs.dialogue_groups()
+        self.max_dialogue_len = max((len(g) for g in groups), default=1)
+        mat = np.full((len(groups), self.max_dialogue_len), -1, dtype=np.int64)
+        for i, g in enumerate(groups):
+            mat[i, : len(g)] = g
+        self.dialogue_index = torch.from_numpy(mat).to(self.device)
+
+    def batch(self, index, protocol_mask=None) -> Batch:
+        """``index``: LongTensor ``[B, L]`` of rows (-1 = padding); mask: bool ``[N, 3]`` or None."""
+        import torch
+
+        valid = index >= 0
+        rows = torch.where(valid, index, torch.full_like(index, self.n))
+        present = self.present[rows]
+        if protocol_mask is not None:
+            pm = torch.cat([protocol_mask.to(self.device), torch.zeros(1, 3, dtype=torch.bool, device=self.device)])
+            present = present & pm[rows]
+        return Batch(
+            feats={m: x[rows] for m, x in self.feats.items()},
+            present=present,
+            valid=valid,
+            y=self.y[rows],
+            index=index,
+        )
+
+    def iterate(
+        self,
+        mode: str,
+        batch_size: int,
+        shuffle: bool = False,
+        generator=None,
+        protocol_mask=None,
+    ) -> Iterator[Batch]:
+        """Yield batches of whole dialogues (``mode='dialogue'``) or single utterances."""
+        import torch
+
+        if mode == "dialogue":
+            units = self.dialogue_index
+            # Trim padding columns not needed by this batch, keeps attention cheap.
+        elif mode == "utterance":
+            units = torch.arange(self.n, device=self.device).unsqueeze(1)
+        else:
+            raise BadInput(f"batch mode {mode!r}: use 'dialogue' or 'utterance'")
+        order = (
+            torch.randperm(len(units), generator=generator).to(self.device)
+            if shuffle
+            else torch.arange(len(units), device=self.device)
+        )
+        for start in range(0, len(units), batch_size):
+            idx = units[order[start : start + batch_size]]
+            if mode == "dialogue":
+                width = int((idx >= 0).sum(1).max().item())
+                idx = idx[:, : max(width, 1)]
+            yield self.batch(idx, protocol_mask)
+
+    def num_batches(self, mode: str, batch_size: int) -> int:
+        units = len(self.dialogue_index) if mode == "dialogue" else self.n
+        return (units + batch_size - 1) // batch_size
+
+
+def missing_feature_reasons(n: int, present: np.ndarray, reason: MissingReason) -> np.ndarray:
+    """Reason table for a mask where every absent entry has the same cause."""
+    r = np.full((n, 3), MissingReason.PRESENT.value, dtype=object)
+    r[~present] = reason.value
+    return r
