@@ -1,0 +1,239 @@
+"""The ``imer`` command line: one Typer app, thin commands, heavy imports inside them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from imer.errors import ImerError
+
+app = typer.Typer(
+    name="imer",
+    help="Incomplete multimodal emotion recognition: features in, emotion labels out, even with missing streams.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Selection(str, Enum):
+    valid = "valid"
+    test = "test"
+
+
+class BatchMode(str, Enum):
+    dialogue = "dialogue"
+    utterance = "utterance"
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+
+
+@app.command()
+def methods(as_json: JsonOpt = False) -> None:
+    """List the registered fusion methods."""
+    from imer.fusion.base import METHODS
+
+    rows = [{"name": n, "description": METHODS.get(n).description, "stages": list(METHODS.get(n).stages)} for n in METHODS.names()]
+    if as_json:
+        from imer.cli.render import print_json
+
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    from imer.cli.render import out_console
+
+    t = Table(title="fusion methods")
+    t.add_column("name")
+    t.add_column("stages")
+    t.add_column("description")
+    for r in rows:
+        t.add_row(r["name"], " → ".join(r["stages"]), r["description"])
+    out_console.print(t)
+
+
+@app.command("import-community")
+def import_community_cmd(
+    labels: Annotated[Path, typer.Option(help="Label pickle you trust, e.g. IEMOCAP_features_raw_4way.pkl. Pickles can run code: it is read with a restricted unpickler that only accepts plain data.")],
+    out: Annotated[Path, typer.Option(help="Folder for the imer feature store.")],
+    audio: Annotated[Optional[Path], typer.Option(help="Folder of <utt_id>.npy audio features.")] = None,
+    text: Annotated[Optional[Path], typer.Option(help="Folder of <utt_id>.npy text features.")] = None,
+    video: Annotated[Optional[Path], typer.Option(help="Folder of <utt_id>.npy (or <utt_id>/*.npy) video features.")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow a label pickle that needs arbitrary code to load. Only for files you trust.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Convert the GCNet/MoMKE/ComP layout (label pickle + .npy folders) into an imer feature store."""
+    from imer.cli.progress import bar
+    from imer.fusion.community import import_community, read_labels
+    from imer.fusion.data import save_store
+
+    lab = read_labels(labels, trust_pickle=trust_pickle)
+    with bar("reading features", quiet=as_json) as update:
+        fs = import_community(lab, {"audio": audio, "text": text, "video": video}, progress=update)
+    save_store(fs, out)
+    summary = {"out": str(out), **fs.summary()}
+    _report(summary, as_json, "imported")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Option(help="imer feature store (from 'imer extract' or 'imer import-community').")],
+    method: Annotated[str, typer.Option(help="Fusion method; see 'imer methods'.")] = "comp",
+    out: Annotated[Path, typer.Option(help="Folder for the model bundle.")] = Path("runs/model"),
+    missing_rate: Annotated[Optional[float], typer.Option(help="Train under GCNet random missing rate MR (0.0-0.7), masks redrawn per epoch.")] = None,
+    condition: Annotated[Optional[str], typer.Option(help="Train under a fixed condition instead: a, t, v, at, av, tv or atv.")] = None,
+    epochs: Annotated[int, typer.Option(help="Epochs over all stages (ComP splits them 50/50).")] = 100,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-4,
+    weight_decay: Annotated[float, typer.Option(help="Adam L2 penalty.")] = 1e-5,
+    batch_size: Annotated[Optional[int], typer.Option(help="Dialogues (or utterances) per batch; default 32 / 256.")] = None,
+    batch_mode: Annotated[Optional[BatchMode], typer.Option(help="Batch whole dialogues or single utterances; default: the method's.")] = None,
+    patience: Annotated[int, typer.Option(help="Stop a stage after this many epochs without improvement (0 = never).")] = 30,
+    selection: Annotated[Selection, typer.Option(help="Select the best epoch on 'valid' (held-out training dialogues when the data has no valid split) or on 'test' (the official ComP protocol; optimistic).")] = Selection.valid,
+    seed: Annotated[int, typer.Option(help="Seed for weights, batches and masks.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    set_: Annotated[list[str], typer.Option("--set", help="Method option KEY=VALUE, repeatable, e.g. --set momentum=0.5 --set use_gm=false.")] = [],
+    config: Annotated[Optional[Path], typer.Option(help="JSON file with method options (overridden by --set).")] = None,
+    evaluate_after: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Print the missing-rate table on the test split when done.")] = True,
+    mask_seeds: Annotated[int, typer.Option(help="Evaluation mask seeds per missing rate.")] = 3,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a fusion method on a feature store and save a model bundle."""
+    import numpy as np
+
+    from imer.cli.progress import TrainProgress
+    from imer.fusion.base import build_method, parse_overrides
+    from imer.fusion.bundle import save_bundle
+    from imer.fusion.data import Standardizer, load_store, make_validation_split
+    from imer.fusion.trainer import TrainConfig, fit
+    from imer.errors import BadInput
+
+    if missing_rate is not None and condition is not None:
+        raise BadInput("give --missing-rate or --condition, not both")
+    options = json.loads(config.read_text()) if config else {}
+    options.update(parse_overrides(set_))
+    fs = load_store(data)
+    cfg = TrainConfig(
+        epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+        batch_mode=batch_mode.value if batch_mode else None, patience=patience or None,
+        seed=seed, device=device, missing_rate=missing_rate if condition is None else None,
+        condition=condition, selection=selection.value,
+    )
+    if missing_rate is None and condition is None:
+        cfg.missing_rate = 0.0
+    train_split = fs.split("train")
+    if len(train_split) == 0:
+        raise BadInput(f"{data}: no utterance has split 'train'")
+    std = Standardizer.fit(train_split)  # training split only, present rows only
+    fs_std = std.apply(fs)
+    max_len = max((len(g) for g in train_split.dialogue_groups()), default=1)
+    model = build_method(method, fs.dims, fs.task, options, {"max_dialogue_len": max_len})
+    meta = {"data": str(data), "label_names": list(fs.task.label_names)}
+
+    def checkpoint(stage, m, result):
+        save_bundle(out, m, std, fs.extractors, _asdict(cfg), {**meta, "stage": stage, "train_result": result.to_dict()})
+
+    with TrainProgress(quiet=as_json) as prog:
+        result = fit(model, fs_std, cfg, progress=prog.update, on_stage_end=checkpoint)
+    summary = {
+        "method": method,
+        "out": str(out),
+        "device": result.device,
+        "epochs_run": result.epochs_run,
+        "seconds": round(result.seconds, 2),
+        "epochs_per_second": round(result.epochs_run / max(result.seconds, 1e-9), 3),
+        "selection_split": result.selection_split,
+        "best": result.best,
+        "params": int(sum(p.numel() for p in model.parameters())),
+    }
+    if evaluate_after and "test" in fs.splits:
+        rows = _table(model, fs_std.split("test"), list(range(mask_seeds)), cfg.batch_mode, batch_size, result.device, as_json)
+        summary["test"] = rows
+        save_bundle(out, model, std, fs.extractors, _asdict(cfg), {**meta, "train_result": result.to_dict(), "test": rows})
+        if not as_json:
+            _print_table(rows, model.task, f"{method} on {data.name} (test split; selected on {result.selection_split})")
+    _report(summary, as_json, "trained", skip=("test", "best"))
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="Model bundle folder written by 'imer train'.")],
+    data: Annotated[Path, typer.Option(help="imer feature store to evaluate on.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate ('test', 'valid', 'train' or 'all').")] = "test",
+    mask_seeds: Annotated[int, typer.Option(help="Evaluation mask seeds per missing rate (mean ± std).")] = 3,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    """Print WA/UA (or Acc/F1/MAE) per missing rate 0.0-0.7 and per fixed condition."""
+    from imer.errors import BadInput
+    from imer.fusion.bundle import check_compatible, load_bundle
+    from imer.fusion.data import load_store
+    from imer.fusion.trainer import resolve_device
+
+    dev = str(resolve_device(device))
+    model, std, cfg = load_bundle(checkpoint, dev)
+    fs = load_store(data)
+    check_compatible(cfg, fs.dims, fs.extractors)
+    part = fs if split == "all" else fs.split(split)
+    if len(part) == 0:
+        raise BadInput(f"{data}: split {split!r} is empty; splits here: {sorted(set(fs.splits))}")
+    rows = _table(model, std.apply(part), list(range(mask_seeds)), None, None, dev, as_json)
+    if as_json:
+        from imer.cli.render import clean_nans, print_json
+
+        print_json(clean_nans({"checkpoint": str(checkpoint), "data": str(data), "split": split, "rows": rows}))
+    else:
+        _print_table(rows, model.task, f"{cfg['method']} on {data.name} ({split} split)")
+
+
+# ---------------------------------------------------------------------- helpers
+def _asdict(obj) -> dict:
+    from dataclasses import asdict
+
+    return asdict(obj)
+
+
+def _table(model, fs, seeds, batch_mode, batch_size, device, quiet) -> list[dict]:
+    from imer.cli.progress import bar
+    from imer.fusion.evaluation import evaluate_table
+
+    with bar("evaluating", quiet=quiet) as update:
+        return evaluate_table(model, fs, mask_seeds=seeds, batch_mode=batch_mode, batch_size=batch_size, device=device, progress=update)
+
+
+def _print_table(rows, task, title) -> None:
+    from imer.cli.render import out_console, results_table
+    from imer.fusion.metrics import headline_metrics
+
+    out_console.print(results_table(rows, headline_metrics(task), title))
+
+
+def _report(summary: dict, as_json: bool, verb: str, skip: tuple[str, ...] = ()) -> None:
+    from imer.cli.render import clean_nans, out_console, print_json
+
+    if as_json:
+        print_json(clean_nans(summary))
+        return
+    for k, v in summary.items():
+        if k not in skip:
+            out_console.print(f"[bold]{k}[/bold]: {v}")
+
+
+def main() -> None:
+    """Console entry point: user errors print one clear line, not a traceback."""
+    try:
+        app()
+    except ImerError as e:
+        from imer.cli.render import err_console
+
+        err_console.print(f"[red]error:[/red] {e}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Tables and JSON for the CLI. The library never prints; this module does."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+# Human-facing output goes to stderr whenever stdout carries JSON.
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=_default, allow_nan=False) + "\n")
+
+
+def _default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    return str(o)
+
+
+def clean_nans(obj: Any) -> Any:
+    """NaN is not JSON: turn it into null."""
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {k: clean_nans(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [clean_nans(v) for v in obj]
+    return obj
+
+
+def results_table(rows: list[dict], metrics: tuple[str, ...], title: str) -> Table:
+    t = Table(title=title)
+    t.add_column("protocol")
+    t.add_column("MR (achieved)", justify="right")
+    for k in metrics:
+        t.add_column(k, justify="right")
+    percent = {"WA", "UA", "F1", "Acc2", "Acc7", "Acc2_has0", "F1_has0"}
+    for r in rows:
+        name = f"MR {r['missing_rate']:.1f}" if r["condition"] is None else f"{{{','.join(r['condition'])}}}"
+        cells = []
+        for k in metrics:
+            v, s = r[k], r.get(f"{k}_std", 0.0)
+            if k in percent:
+                cells.append(f"{100 * v:.2f}" + (f" ± {100 * s:.2f}" if s else ""))
+            else:
+                cells.append(f"{v:.3f}" + (f" ± {s:.3f}" if s else ""))
+        t.add_row(name, f"{r['achieved_missing_rate']:.3f}", *cells)
+    return t
