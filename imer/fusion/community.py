@@ -57,11 +57,15 @@ _ALLOWED_GLOBALS = {
 }
 
 
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    """The pickle names code beyond plain data: only loadable when the user trusts it."""
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):  # noqa: D401
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+        raise _ForbiddenGlobal(f"global {module}.{name} is not allowed")
 
 
 def read_pickle(path: str | Path, trust_pickle: bool = False):
@@ -72,7 +76,7 @@ def read_pickle(path: str | Path, trust_pickle: bool = False):
     raw = path.read_bytes()
     try:
         return _RestrictedUnpickler(io.BytesIO(raw), encoding="latin1").load()
-    except pickle.UnpicklingError as e:
+    except _ForbiddenGlobal as e:
         if not trust_pickle:
             raise BadInput(
                 f"{path}: this pickle needs more than plain data to load ({e}). Pickles can run code; "
@@ -80,7 +84,10 @@ def read_pickle(path: str | Path, trust_pickle: bool = False):
             ) from None
     except Exception as e:  # truncated or not a pickle at all
         raise BadInput(f"{path}: not a readable label pickle ({type(e).__name__}: {e})") from None
-    return pickle.loads(raw, encoding="latin1")  # only reached with trust_pickle=True
+    try:  # only reached with trust_pickle=True, on a file the user named
+        return pickle.loads(raw, encoding="latin1")
+    except Exception as e:
+        raise BadInput(f"{path}: not a readable label pickle ({type(e).__name__}: {e})") from None
 
 
 @dataclass
@@ -163,10 +170,11 @@ def _load_feature(folder: Path, uid: str) -> np.ndarray | None:
         arrays = [np.load(p, allow_pickle=False) for p in sorted((folder / uid).glob("*.npy"))]
     vecs = []
     for a in arrays:
-        a = np.asarray(a, dtype=np.float32).squeeze()
+        a = np.asarray(a, dtype=np.float32)
         if a.size == 0:
             continue
-        vecs.append(a.reshape(-1, a.shape[-1]) if a.ndim >= 2 else a[None, :])
+        # [D] or [1, D] or [T, D] (or [1, T, D]): rows of D, averaged below. No squeeze: D may be 1.
+        vecs.append(a.reshape(-1, a.shape[-1]) if a.ndim >= 2 else a.reshape(1, -1))
     if not vecs:
         return None
     return np.concatenate(vecs).mean(0)
@@ -205,8 +213,9 @@ def import_community(
         for uid in uids:
             try:
                 vecs.append(_load_feature(folder, uid))
-            except ValueError as e:  # e.g. an object array that would need pickle
-                raise BadInput(f"{folder / uid}.npy: cannot be read without pickle ({e})") from None
+            except (ValueError, OSError, EOFError) as e:  # object array needing pickle, truncated file, ...
+                reason = "it holds Python objects that need pickle" if "pickle" in str(e) else f"{type(e).__name__}: {e}"
+                raise BadInput(f"{folder / uid}: unreadable feature file ({reason})") from None
             done += 1
             if progress and done % 256 == 0:
                 progress(done, total)

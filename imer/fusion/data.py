@@ -69,16 +69,28 @@ class FeatureSet:
             raise BadInput(f"utterance id {dup!r} appears more than once")
         if set(self.feats) != set(MODALITY_NAMES):
             raise BadInput(f"features must cover {MODALITY_NAMES}, got {sorted(self.feats)}")
-        for m, x in self.feats.items():
-            if x.ndim != 2 or x.shape[0] != n:
-                raise BadInput(f"{m} features have shape {x.shape}; expected [{n}, D]")
-            if not np.isfinite(x).all():
-                raise BadInput(f"{m} features contain NaN or inf values")
         self.present = np.asarray(self.present, dtype=bool)
         if self.present.shape != (n, 3):
             raise BadInput(f"present mask has shape {self.present.shape}; expected [{n}, 3]")
+        for j, m in enumerate(MODALITY_NAMES):
+            x = np.asarray(self.feats[m])
+            if x.ndim != 2 or x.shape[0] != n:
+                raise BadInput(f"{m} features have shape {x.shape}; expected [{n}, D]")
+            # Our own copy, so zeroing missing slots never writes into the caller's array;
+            # a missing slot holds zeros whatever the producer left there (NaN included).
+            x = np.array(x, dtype=np.float32, copy=True)
+            x[~self.present[:, j]] = 0.0
+            if not np.isfinite(x).all():
+                raise BadInput(f"{m} features contain NaN or inf values in present entries")
+            self.feats[m] = x
         self.reasons = np.asarray(self.reasons, dtype=object)
+        if self.reasons.shape != (n, 3):
+            raise BadInput(f"reasons table has shape {self.reasons.shape}; expected [{n}, 3]")
         self.order = np.asarray(self.order, dtype=np.int64)
+        if self.order.shape != (n,):
+            raise BadInput(f"order has shape {self.order.shape}; expected [{n}]")
+        if np.shape(self.labels) != (n,):
+            raise BadInput(f"labels have shape {np.shape(self.labels)}; expected [{n}]")
         for name in ("speakers", "dialogues", "splits"):
             if len(getattr(self, name)) != n:
                 raise BadInput(f"{name} has {len(getattr(self, name))} entries for {n} utterances")
@@ -90,10 +102,6 @@ class FeatureSet:
                 raise BadInput(f"label {self.labels[bad][0]} outside 0..{k - 1} (-1 = unlabelled)")
         else:
             self.labels = np.asarray(self.labels, dtype=np.float32)
-        # A missing slot holds zeros, whatever the producer left there.
-        for j, m in enumerate(MODALITY_NAMES):
-            self.feats[m] = np.ascontiguousarray(self.feats[m], dtype=np.float32)
-            self.feats[m][~self.present[:, j]] = 0.0
 
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
@@ -326,7 +334,7 @@ def make_validation_split(fs: FeatureSet, fraction: float, seed: int) -> Feature
     if len(train_dialogues) < 2:
         raise BadInput("need at least 2 training dialogues to hold one out for validation")
     rng = np.random.default_rng(seed)
-    k = max(1, int(round(fraction * len(train_dialogues))))
+    k = min(len(train_dialogues) - 1, max(1, int(round(fraction * len(train_dialogues)))))
     held = set(rng.choice(train_dialogues, size=k, replace=False).tolist())
     out = fs.subset(np.arange(len(fs)))
     out.splits = ["valid" if (s == "train" and d in held) else s for d, s in zip(fs.dialogues, fs.splits)]

@@ -53,7 +53,8 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     if len(y_true) == 0:
-        return {"n": 0}
+        keys = ("Acc2", "F1", "MAE", "Corr", "Acc2_has0", "F1_has0", "Acc7", "MAE_all", "Corr_all")
+        return {**{k: float("nan") for k in keys}, "n": 0}
     nz = y_true != 0
     out: dict[str, float] = {}
     if nz.any():

@@ -1,0 +1,126 @@
+"""Contract every registered fusion method must keep (parametrised over the registry)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imer.fusion.base import METHODS, build_method
+from imer.fusion.bundle import load_bundle, save_bundle
+from imer.fusion.data import Batch, Standardizer
+from imer.types import MODALITY_NAMES, TaskKind, TaskSpec
+
+DIMS = {"audio": 5, "text": 7, "video": 3}
+TINY = {"hidden": 8}
+
+
+def _options(name: str) -> dict:
+    fields = {f.name for f in dataclasses.fields(METHODS.get(name).config_class)}
+    opts = {k: v for k, v in TINY.items() if k in fields}
+    if "heads" in fields:
+        opts["heads"] = 2
+    return opts
+
+
+def _batch(b: int, l: int, task: TaskSpec, seed: int = 0, missing: float = 0.3) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    present = torch.rand(b, l, 3, generator=g) > missing
+    valid = torch.ones(b, l, dtype=torch.bool)
+    valid[-1, l // 2 :] = False  # ragged dialogue: padding at the end of the last one
+    y = torch.randint(0, 4, (b, l), generator=g) if task.kind == TaskKind.CLASSIFICATION else torch.randn(b, l, generator=g)
+    return Batch(
+        feats={m: torch.randn(b, l, d, generator=g) for m, d in DIMS.items()},
+        present=present,
+        valid=valid,
+        y=y,
+        index=torch.arange(b * l).view(b, l),
+    )
+
+
+CLS = TaskSpec(TaskKind.CLASSIFICATION, ("a", "b", "c", "d"))
+REG = TaskSpec(TaskKind.REGRESSION, ("sentiment",))
+
+
+def test_registry_names_equal_file_stems():
+    folder = Path(__file__).resolve().parents[3] / "imer" / "fusion" / "methods"
+    stems = sorted(p.stem for p in folder.glob("*.py") if p.stem != "__init__")
+    assert METHODS.names() == stems
+    for name in METHODS.names():
+        assert METHODS.get(name).description, f"{name} needs a one-line description for 'imer methods'"
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("task", [CLS, REG], ids=["cls", "reg"])
+@pytest.mark.parametrize("length", [1, 6], ids=["utterance", "dialogue"])
+def test_output_shapes_every_stage(name, task, length):
+    m = build_method(name, DIMS, task, _options(name), {"max_dialogue_len": 6})
+    batch = _batch(3, length, task)
+    for stage in m.stages:
+        m.begin_stage(stage)
+        m.train()
+        out = m(batch)
+        assert out.logits.shape == (3, length, task.num_outputs)
+        losses = m.loss(out, batch)
+        assert "total" in losses and torch.isfinite(losses["total"])
+        losses["total"].backward()
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_missing_slot_values_are_ignored(name):
+    torch.manual_seed(0)
+    m = build_method(name, DIMS, CLS, _options(name), {"max_dialogue_len": 6}).eval()
+    batch = _batch(2, 6, CLS)
+    ref = m(batch).logits
+    garbage = {k: torch.where(batch.present[..., j : j + 1], v, torch.full_like(v, 1e4)) for j, (k, v) in enumerate(batch.feats.items())}
+    out = m(dataclasses.replace(batch, feats=garbage)).logits
+    torch.testing.assert_close(out[batch.valid], ref[batch.valid])
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_batch_equals_items_alone(name):
+    cls = METHODS.get(name)
+    if cls.batch_dependent:
+        pytest.skip(f"{name} declares itself batch-dependent")
+    torch.manual_seed(0)
+    m = build_method(name, DIMS, CLS, _options(name), {"max_dialogue_len": 6}).eval()
+    batch = _batch(3, 6, CLS)
+    together = m(batch).logits
+    for i in range(3):
+        n = int(batch.valid[i].sum())
+        one = Batch(
+            feats={k: v[i : i + 1, :n] for k, v in batch.feats.items()},
+            present=batch.present[i : i + 1, :n],
+            valid=batch.valid[i : i + 1, :n],
+            y=batch.y[i : i + 1, :n],
+            index=batch.index[i : i + 1, :n],
+        )
+        torch.testing.assert_close(m(one).logits[0], together[i, :n], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_present_mask_changes_output(name):
+    torch.manual_seed(0)
+    m = build_method(name, DIMS, CLS, _options(name), {"max_dialogue_len": 6}).eval()
+    batch = _batch(2, 6, CLS, missing=0.0)
+    fewer = dataclasses.replace(batch, present=batch.present.clone().index_fill_(2, torch.tensor([0]), False))
+    assert not torch.allclose(m(batch).logits, m(fewer).logits)
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_bundle_round_trip(name, tmp_path):
+    torch.manual_seed(0)
+    m = build_method(name, DIMS, CLS, _options(name), {"max_dialogue_len": 6}).eval()
+    std = Standardizer({k: np.zeros(d, np.float32) for k, d in DIMS.items()}, {k: np.ones(d, np.float32) for k, d in DIMS.items()})
+    extractors = {k: {"name": "synthetic", "config": {"d": d}} for k, d in DIMS.items()}
+    save_bundle(tmp_path, m, std, extractors)
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.pt*"))
+    loaded, std2, cfg = load_bundle(tmp_path)
+    batch = _batch(2, 6, CLS)
+    torch.testing.assert_close(loaded(batch).logits, m(batch).logits)
+    assert cfg["method"] == name and cfg["extractors"] == extractors and cfg["task"]["label_names"] == list(CLS.label_names)
+    for k in MODALITY_NAMES:
+        np.testing.assert_array_equal(std2.std[k], std.std[k])
