@@ -1,0 +1,139 @@
+"""Benchmark: train fusion methods on the IEMOCAP-4 stand-in store and print the MR table.
+
+Prints, per method: WA / UA (mean ± std over evaluation-mask seeds) at missing rates 0.0-0.7 and
+the seven fixed conditions, the achieved missing rate, wall time, epochs/s and the device.
+
+    python benchmarks/fusion_mr_table.py                                # CPU, default settings
+    python benchmarks/fusion_mr_table.py --device cuda --epochs 300     # the GPU run (H100)
+    python benchmarks/fusion_mr_table.py --per-rate                     # one model per MR (paper protocol)
+
+Audio and video in this store are STAND-INS (eGeMAPS of RAVDESS / HOG of FER2013 faces with
+the same emotion; see build_iemocap_standin.py). Text is real (MiniLM on IEMOCAP transcripts).
+Figures from it are not comparable to the ComP paper's IEMOCAP numbers, which use wav2vec /
+DeBERTa / MA-Net features of the real recordings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from imer.fusion.base import build_method  # noqa: E402
+from imer.fusion.data import Standardizer, is_store, load_store  # noqa: E402
+from imer.fusion.evaluation import evaluate_table  # noqa: E402
+from imer.fusion.missing import CONDITIONS, MISSING_RATES  # noqa: E402
+from imer.fusion.trainer import TrainConfig, fit, resolve_device  # noqa: E402
+
+
+def run_one(method: str, fs, train_rate: float, args) -> dict:
+    train = fs.split("train")
+    std = Standardizer.fit(train)
+    data = std.apply(fs)
+    max_len = max(len(g) for g in train.dialogue_groups())
+    options = json.loads(args.options) if args.options else {}
+    model = build_method(method, fs.dims, fs.task, options, {"max_dialogue_len": max_len})
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        batch_mode=args.batch_mode,
+        patience=args.patience or None,
+        seed=args.seed,
+        device=args.device,
+        missing_rate=train_rate,
+        selection=args.selection,
+    )
+    result = fit(model, data, cfg)
+    t0 = time.perf_counter()
+    rates = [train_rate] if args.per_rate else list(MISSING_RATES)
+    conditions = [] if args.per_rate else list(CONDITIONS)
+    rows = evaluate_table(
+        model, data.split("test"), rates=rates, conditions=conditions, mask_seeds=range(args.mask_seeds),
+        device=result.device, batch_mode=args.batch_mode,
+    )
+    return {
+        "method": method,
+        "train_missing_rate": train_rate,
+        "device": result.device,
+        "epochs_run": result.epochs_run,
+        "train_seconds": round(result.seconds, 2),
+        "epochs_per_second": round(result.epochs_run / max(result.seconds, 1e-9), 3),
+        "eval_seconds": round(time.perf_counter() - t0, 2),
+        "params": sum(p.numel() for p in model.parameters()),
+        "best": result.best,
+        "rows": rows,
+    }
+
+
+def fmt(rows: list[dict]) -> str:
+    lines = [f"{'protocol':<10} {'MR ach.':>7} {'WA':>14} {'UA':>14}"]
+    for r in rows:
+        name = f"MR {r['missing_rate']:.1f}" if r["condition"] is None else "{" + ",".join(r["condition"]) + "}"
+        lines.append(
+            f"{name:<10} {r['achieved_missing_rate']:>7.3f} "
+            f"{100 * r['WA']:>7.2f} ± {100 * r['WA_std']:<4.2f} {100 * r['UA']:>7.2f} ± {100 * r['UA_std']:<4.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", type=Path, default=ROOT / "bench-out" / "iemocap4-standin")
+    ap.add_argument("--methods", default="concat,comp")
+    ap.add_argument("--train-missing-rate", type=float, default=0.3, help="MR used for training (one model per method)")
+    ap.add_argument("--per-rate", action="store_true", help="train one model per MR 0.1..0.7 and test it at that MR")
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--batch-mode", default=None, choices=[None, "dialogue", "utterance"])
+    ap.add_argument("--patience", type=int, default=0, help="0 = run every epoch")
+    ap.add_argument("--selection", default="valid", choices=["valid", "test"])
+    ap.add_argument("--mask-seeds", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--options", default="", help="JSON of method options, applied to every method")
+    ap.add_argument("--json-out", type=Path, default=None)
+    args = ap.parse_args()
+
+    if not is_store(args.store):
+        sys.exit(f"{args.store}: no feature store; build it first with: python benchmarks/build_iemocap_standin.py")
+    fs = load_store(args.store)
+    standins = [m for m, e in fs.extractors.items() if e.get("standin")]
+    dev = resolve_device(args.device)
+    print(f"store: {args.store}  ({len(fs)} utterances, dims {fs.dims})")
+    print(f"device: {dev}" + (f" ({__import__('torch').cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
+    if standins:
+        print(f"NOTE: {', '.join(standins)} features are STAND-INS, not IEMOCAP recordings: " + "; ".join(fs.extractors[m].get("note", "") for m in standins))
+    print(f"selection on: {args.selection}" + ("  (official protocol: optimistic)" if args.selection == "test" else ""))
+    results = []
+    rates = [r for r in MISSING_RATES if r > 0] if args.per_rate else [args.train_missing_rate]
+    for method in args.methods.split(","):
+        per_method_rows = []
+        for rate in rates:
+            res = run_one(method, fs, rate, args)
+            results.append(res)
+            per_method_rows += res["rows"]
+            print(
+                f"\n[{method}] trained at MR {rate:.1f}: {res['epochs_run']} epochs in {res['train_seconds']:.1f} s "
+                f"({res['epochs_per_second']:.2f} epochs/s) on {res['device']}, {res['params']:,} params, "
+                f"eval {res['eval_seconds']:.1f} s"
+            )
+            if not args.per_rate:
+                print(fmt(res["rows"]))
+        if args.per_rate:
+            print(f"\n[{method}] one model per MR, each tested at its own MR:")
+            print(fmt(per_method_rows))
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(results, indent=2, default=str))
+        print(f"\nwrote {args.json_out}")
+
+
+if __name__ == "__main__":
+    main()
