@@ -28,7 +28,7 @@ from imer.fusion.base import build_method  # noqa: E402
 from imer.fusion.data import Standardizer, is_store, load_store  # noqa: E402
 from imer.fusion.evaluation import evaluate_table  # noqa: E402
 from imer.fusion.missing import CONDITIONS, MISSING_RATES  # noqa: E402
-from imer.fusion.trainer import TrainConfig, fit, resolve_device  # noqa: E402
+from imer.fusion.trainer import TrainConfig, fit, resolve_device, seed_everything  # noqa: E402
 
 
 def run_one(method: str, fs, train_rate: float, args) -> dict:
@@ -37,7 +37,8 @@ def run_one(method: str, fs, train_rate: float, args) -> dict:
     data = std.apply(fs)
     max_len = max(len(g) for g in train.dialogue_groups())
     options = json.loads(args.options) if args.options else {}
-    model = build_method(method, fs.dims, fs.task, options, {"max_dialogue_len": max_len})
+    seed_everything(args.seed)
+    model = build_method(method, fs.dims, fs.task, options, {"max_dialogue_len": max_len, "batch_mode": args.batch_mode})
     cfg = TrainConfig(
         epochs=args.epochs,
         lr=args.lr,

@@ -110,7 +110,7 @@ def train(
     from imer.fusion.base import build_method, parse_overrides
     from imer.fusion.bundle import save_bundle
     from imer.fusion.data import Standardizer, load_store, make_validation_split
-    from imer.fusion.trainer import TrainConfig, fit
+    from imer.fusion.trainer import TrainConfig, fit, seed_everything
     from imer.errors import BadInput
 
     if missing_rate is not None and condition is not None:
@@ -132,7 +132,8 @@ def train(
     std = Standardizer.fit(train_split)  # training split only, present rows only
     fs_std = std.apply(fs)
     max_len = max((len(g) for g in train_split.dialogue_groups()), default=1)
-    model = build_method(method, fs.dims, fs.task, options, {"max_dialogue_len": max_len})
+    seed_everything(seed)  # weight initialisation is part of the run's seed
+    model = build_method(method, fs.dims, fs.task, options, {"max_dialogue_len": max_len, "batch_mode": batch_mode.value if batch_mode else None})
     meta = {"data": str(data), "label_names": list(fs.task.label_names)}
 
     def checkpoint(stage, m, result):

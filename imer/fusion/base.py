@@ -109,6 +109,10 @@ class FusionMethod(nn.Module):
     def export_config(self) -> dict:
         return dataclasses.asdict(self.config)
 
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimiser parameter groups for the current stage (trainable parameters only)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "weight_decay": weight_decay}]
+
     @classmethod
     def resolve_config(cls, config: Any, data_info: dict) -> Any:
         """Fill data-dependent defaults (e.g. ComP's padded dialogue length) before building.

@@ -194,8 +194,9 @@ def fit(
     global_epoch = 0
     for stage, n_epochs in zip(method.stages, stage_epochs):
         method.begin_stage(stage)
-        params = [p for p in method.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        groups = [g for g in method.param_groups(cfg.weight_decay) if g["params"]]
+        params = [p for g in groups for p in g["params"]]
+        opt = torch.optim.Adam(groups, lr=cfg.lr)
         best_score, best_state, best_epoch, bad = -math.inf, None, -1, 0
         if progress:
             progress({"event": "stage", "stage": stage, "epochs": int(n_epochs), "batches": train.num_batches(mode, bs)})

@@ -37,38 +37,52 @@ Departures (paper vs. here, and where the official code differs):
    longest training dialogue), and each dialogue only sees its own prototypes: a prediction
    never depends on batch composition. Padding and missing rows enter the n -> c layer as
    zeros. Dialogues longer than ``max_len`` (seen only at test time) are processed in
-   consecutive chunks of ``max_len``. In utterance batch mode n = 1 (prototypes of the
-   utterance itself); dialogue mode is this method's default.
+   consecutive chunks of ``max_len``; attention context and prototypes are then per chunk.
+   In utterance batch mode ``max_len`` defaults to 1 (each utterance is its own sequence);
+   dialogue mode is this method's default.
 2. **Eq. 7's mask.** Adding a large negative to whole rows does not change a row-wise softmax,
    so as written the mask is a no-op. Here the assignment rows of missing/padding instances are
    set to zero (their ``S A`` term vanishes) and those instances are excluded when prototypes
-   are formed (zero rows into ``M^u``).
+   are formed (zero rows into ``M^u``). A missing row's fresh prompt is then
+   ``MLP_p(FFN_1(0) + FFN_2(Z_l))``: at block 1 (``Z = 0``) a learned "missing" prompt.
 3. **Eq. 10 is ill-posed** (0/0 when two modalities have equal summed error, unbounded and
    sign-flipping weights when relative errors nearly cancel) and "gt" is undefined for
    classification. Here ``E^u = 1 - p^u(y)`` for classification (``|y - y^u|`` for
    regression), from the unimodal heads on ``Z-bar^u``, and
-   ``W_i^u = 1/2 sum_{v != u} (1 - D_i / (sum_j |D_j| + eps))`` with ``D = E^u - E^v`` over
-   labelled instances where both modalities are present. It equals the paper's
-   ``sum_{j != i} D_j / sum_j D_j`` whenever all ``D_j`` share a sign, and stays in [0, 2]
-   otherwise. (The official code's hook never fires: its GM is a no-op.)
+   ``W_i^u = 1/2 sum_{v != u} (1 - D_i sign(S) / (sum_j |D_j| + eps))`` with ``D = E^u - E^v``,
+   ``S = sum_j D_j``, over labelled instances where both modalities are present (W = 1
+   elsewhere). It equals the paper's ``sum_{j != i} D_j / sum_j D_j`` whenever the ``D_j``
+   agree in sign, stays in [0, 2] otherwise and is 1 when S = 0. The sums run over all
+   instances of the optimiser step's batch (the paper's n), so ``|W - 1|`` is about
+   1 / (instances in the batch), as in the paper's formula. Eq. 11's row scaling of
+   ``grad M`` becomes a scale per (dialogue, position), applied in fp32 also under bf16
+   autocast. (The official code's GM hook never fires: its GM is a no-op.)
 4. **Stage-2 objective** is not written in the paper. Here: fused task loss +
    ``unimodal_weight`` x sum_u unimodal task losses (present instances) + ``recon_weight`` x
    sum_u reconstruction (present instances). The official code uses 2x unimodal losses and a
    shared/private disentanglement term, which the paper never mentions and is not used here.
 5. **f^u** is not specified. Here f^u is modality u's own stack of KP blocks run with zero
    prompts in stage 1, so the attention layers are pre-trained unimodally and stage 2 adds the
-   cross-modal prompts to the same weights.
+   cross-modal prompts to the same weights. Because the prompt slots get zero gradient in
+   stage 1, the KP compress/expand layers skip weight decay there (coupled L2 under Adam would
+   otherwise shrink them toward zero before stage 2).
 6. **Missing instances** enter KP with ``Z^u = 0`` (the encoder output of a missing slot is
    zeroed, not ``Enc(0)``), so their ``Z-bar^u`` comes from the prompts and attention only —
    the paper's "reconstructed by their cross-modal counterparts".
 7. **Eq. 5 and eq. 8** are implemented as written: eq. 5 a single linear layer (the code uses an
    MLP), eq. 8 includes ``MLP_p`` (absent in the code). With ``use_pg=False`` prompts are a
    linear projection ``d -> p`` of the block input, with the same momentum update.
-8. **Stage transition**: the trainer restores the best stage-1 weights (by validation) before
-   stage 2; in the official code that restore is a no-op.
-9. **Hyper-parameters** are not in the paper. Defaults are the official CMU-MOSI command:
-   hidden 256, 2 blocks x 2 attention layers, 2 heads, dropout 0.5, lambda 0.3, c = 10, p = 16,
-   Adam lr 1e-4, L2 1e-5, 150 + 150 epochs, 32 dialogues per batch.
+8. **Eq. 9's superscripts.** It writes ``P~_l^u`` for the prompt delivered *to* u; the prompt
+   from v to u must be v's fresh prompt ``P~_l^v`` ("prompts from modalities v and w"), as in
+   the official code. Block 1 has no ``P-bar_0``, so it uses the fresh prompts alone.
+9. **Stage transition and stage-1 selection**: the trainer restores the best stage-1 weights (by
+   validation) before stage 2 (a no-op in the official code). Stage 1 has no fused classifier,
+   so its validation prediction is the mean of the present modalities' unimodal heads.
+10. **Hyper-parameters** are not in the paper. Model defaults are the official CMU-MOSI command:
+    hidden 256, 2 blocks x 2 attention layers, 2 heads, dropout 0.5, lambda 0.3, c = 10,
+    p = 16, Adam lr 1e-4, L2 1e-5, 32 dialogues per batch. Its 150 + 150 epochs without early
+    stopping is ``imer train --epochs 300 --patience 0``; imer's default is 100 epochs split
+    50/50 with early stopping (patience 30) on the validation split.
 """
 
 from __future__ import annotations
@@ -122,9 +136,11 @@ class _ModulatedInstanceLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, zt: torch.Tensor, weight: torch.Tensor, holder: _GradHolder) -> torch.Tensor:
+        # ``weight`` stays in its own (fp32) dtype so that W close to 1 is not rounded away
+        # under bf16 autocast; only the product runs in the activations' dtype.
         ctx.save_for_backward(zt, weight)
         ctx.holder = holder
-        return zt @ weight
+        return zt @ weight.to(zt.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -132,9 +148,10 @@ class _ModulatedInstanceLinear(torch.autograd.Function):
         grad_zt = grad_out @ weight.t().to(grad_out.dtype) if ctx.needs_input_grad[0] else None
         grad_w = None
         if ctx.needs_input_grad[1]:
+            acc = torch.promote_types(zt.dtype, torch.float32)
             w = ctx.holder.weights
-            scaled = zt if w is None else zt * w[:, None, :].to(zt.dtype)
-            grad_w = torch.einsum("bdn,bdc->nc", scaled.float(), grad_out.float()).to(weight.dtype)
+            scaled = zt.to(acc) if w is None else zt.to(acc) * w[:, None, :].to(acc)
+            grad_w = torch.einsum("bdn,bdc->nc", scaled, grad_out.to(acc)).to(weight.dtype)
         return grad_zt, grad_w, None
 
 
@@ -159,7 +176,7 @@ class PrototypeLayer(nn.Module):
         if l < self.n:
             z = F.pad(z, (0, 0, 0, self.n - l))
         self.holder = _GradHolder()  # one per call: chunked calls must not share weights
-        h = _ModulatedInstanceLinear.apply(z.transpose(1, 2), self.M.to(z.dtype), self.holder) + self.b
+        h = _ModulatedInstanceLinear.apply(z.transpose(1, 2), self.M, self.holder) + self.b
         return self.drop(self.mix(self.act(h))).transpose(1, 2)  # [B, c, d]
 
     def set_instance_weights(self, w: torch.Tensor) -> None:
@@ -217,8 +234,25 @@ class Comp(FusionMethod):
     @classmethod
     def resolve_config(cls, config: CompConfig, data_info: dict) -> CompConfig:
         if config.max_len <= 0:
-            config = replace(config, max_len=max(1, int(data_info.get("max_dialogue_len", 1))))
+            if data_info.get("batch_mode", cls.default_batch_mode) == "utterance":
+                n = 1  # each utterance is its own sequence (Departures 1)
+            else:
+                n = int(data_info.get("max_dialogue_len", 1))
+            config = replace(config, max_len=max(1, n))
         return config
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """In stage 1 the prompt slots of the KP layers get exactly zero gradient (prompts are 0);
+        coupled L2 under Adam would still shrink them by ~lr per step, weakening the prompt path
+        before stage 2 starts. So the KP compress/expand layers skip weight decay in stage 1."""
+        if self.stage != "unimodal":
+            return super().param_groups(weight_decay)
+        kp_io = {id(p) for blocks in self.kp.values() for b in blocks for p in (*b.compress.parameters(), *b.expand.parameters())}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in trainable if id(p) not in kp_io], "weight_decay": weight_decay},
+            {"params": [p for p in trainable if id(p) in kp_io], "weight_decay": 0.0},
+        ]
 
     def __init__(self, config: CompConfig, dims: dict[str, int], task: TaskSpec):
         super().__init__(config, dims, task)
@@ -365,8 +399,10 @@ class Comp(FusionMethod):
                     continue
                 ok = labelled & present[..., j] & present[..., k]
                 diff = torch.where(ok, err[u] - err[v], torch.zeros_like(err[u]))
+                # (S - D_i) / S = 1 - D_i / S, with |S| replaced by sum |D_j| (same value when
+                # the D_j agree in sign; bounded to [0, 2] otherwise; 1 when S = 0).
                 denom = diff.abs().sum() + eps
-                terms.append(torch.where(ok, 1.0 - diff / denom, torch.ones_like(diff)))
+                terms.append(torch.where(ok, 1.0 - diff * torch.sign(diff.sum()) / denom, torch.ones_like(diff)))
             self.proto[u].set_instance_weights(0.5 * (terms[0] + terms[1]))
 
     # ------------------------------------------------------------------ loss

@@ -538,12 +538,6 @@ def test_eq10_matches_paper_when_relative_errors_positive():
     assert (w["video"] <= 1).all()  # the modality that needs help learns slower
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="comp.py Departures 3 claims the guarded W equals eq. 10 'whenever all D_j share a sign', "
-    "but for all-negative D it gives 1 + |D_i|/sum|D| where eq. 10 gives 1 - |D_i|/sum|D| "
-    "(denominator should keep the sign of sum_j D_j). Reported to the comp.py owner.",
-)
 def test_eq10_matches_paper_when_relative_errors_negative():
     w = _gm_weights(PROBS)
     torch.testing.assert_close(w["audio"], _paper_eq10(PROBS, "audio"), rtol=1e-4, atol=1e-5)
@@ -558,12 +552,6 @@ def test_eq10_weights_are_bounded_and_guarded():
         assert torch.isfinite(w).all() and (w >= 0).all() and (w <= 2).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bf16 autocast erases gradient modulation: _ModulatedInstanceLinear scales Z by W in "
-    "Z's dtype (bf16 rounds W=1.002 to 1.0) and returns grad M in the bf16 dtype of M.to(z.dtype). "
-    "Scale in fp32 and keep M (and its grad) in fp32. Reported to the comp.py owner.",
-)
 def test_gradient_modulation_survives_bf16_autocast():
     torch.manual_seed(0)
     layer = PrototypeLayer(n=6, c=3, dropout=0.0)
