@@ -24,21 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imer.fusion.base import build_method  # noqa: E402
-from imer.fusion.data import Standardizer, is_store, load_store  # noqa: E402
-from imer.fusion.evaluation import evaluate_table  # noqa: E402
+from imer.fusion.data import is_store, load_store  # noqa: E402
+from imer.fusion.experiment import run_experiment  # noqa: E402
 from imer.fusion.missing import CONDITIONS, MISSING_RATES  # noqa: E402
-from imer.fusion.trainer import TrainConfig, fit, resolve_device, seed_everything  # noqa: E402
+from imer.fusion.trainer import TrainConfig, resolve_device  # noqa: E402
 
 
 def run_one(method: str, fs, train_rate: float, args) -> dict:
-    train = fs.split("train")
-    std = Standardizer.fit(train)
-    data = std.apply(fs)
-    max_len = max(len(g) for g in train.dialogue_groups())
     options = json.loads(args.options) if args.options else {}
-    seed_everything(args.seed)
-    model = build_method(method, fs.dims, fs.task, options, {"max_dialogue_len": max_len, "batch_mode": args.batch_mode})
     cfg = TrainConfig(
         epochs=args.epochs,
         lr=args.lr,
@@ -50,25 +43,19 @@ def run_one(method: str, fs, train_rate: float, args) -> dict:
         missing_rate=train_rate,
         selection=args.selection,
     )
-    result = fit(model, data, cfg)
     t0 = time.perf_counter()
-    rates = [train_rate] if args.per_rate else list(MISSING_RATES)
-    conditions = [] if args.per_rate else list(CONDITIONS)
-    rows = evaluate_table(
-        model, data.split("test"), rates=rates, conditions=conditions, mask_seeds=range(args.mask_seeds),
-        device=result.device, batch_mode=args.batch_mode,
+    res = run_experiment(
+        fs, method, cfg, options,
+        rates=(train_rate,) if args.per_rate else MISSING_RATES,
+        conditions=() if args.per_rate else CONDITIONS,
+        mask_seeds=tuple(range(args.mask_seeds)),
     )
+    total = time.perf_counter() - t0
     return {
-        "method": method,
+        **res.summary(),
         "train_missing_rate": train_rate,
-        "device": result.device,
-        "epochs_run": result.epochs_run,
-        "train_seconds": round(result.seconds, 2),
-        "epochs_per_second": round(result.epochs_run / max(result.seconds, 1e-9), 3),
-        "eval_seconds": round(time.perf_counter() - t0, 2),
-        "params": sum(p.numel() for p in model.parameters()),
-        "best": result.best,
-        "rows": rows,
+        "eval_seconds": round(total - res.train.seconds, 2),
+        "rows": res.rows,
     }
 
 
@@ -121,7 +108,7 @@ def main() -> None:
             results.append(res)
             per_method_rows += res["rows"]
             print(
-                f"\n[{method}] trained at MR {rate:.1f}: {res['epochs_run']} epochs in {res['train_seconds']:.1f} s "
+                f"\n[{method}] trained at MR {rate:.1f}: {res['epochs_run']} epochs in {res['seconds']:.1f} s "
                 f"({res['epochs_per_second']:.2f} epochs/s) on {res['device']}, {res['params']:,} params, "
                 f"eval {res['eval_seconds']:.1f} s"
             )

@@ -26,6 +26,10 @@ class Selection(str, Enum):
     test = "test"
 
 
+class CV(str, Enum):
+    sessions = "sessions"
+
+
 class BatchMode(str, Enum):
     dialogue = "dialogue"
     utterance = "utterance"
@@ -101,17 +105,16 @@ def train(
     config: Annotated[Optional[Path], typer.Option(help="JSON file with method options (overridden by --set).")] = None,
     evaluate_after: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help="Print the missing-rate table on the test split when done.")] = True,
     mask_seeds: Annotated[int, typer.Option(help="Evaluation mask seeds per missing rate.")] = 3,
+    cv: Annotated[Optional[CV], typer.Option(help="'sessions': IEMOCAP 5-fold leave-one-session-out (the community protocol); one bundle per fold in OUT/sessionK, table averaged over folds.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a fusion method on a feature store and save a model bundle."""
-    import numpy as np
-
     from imer.cli.progress import TrainProgress
-    from imer.fusion.base import build_method, parse_overrides
-    from imer.fusion.bundle import save_bundle
-    from imer.fusion.data import Standardizer, load_store, make_validation_split
-    from imer.fusion.trainer import TrainConfig, fit, seed_everything
     from imer.errors import BadInput
+    from imer.fusion.base import parse_overrides
+    from imer.fusion.data import load_store
+    from imer.fusion.experiment import average_rows, run_experiment
+    from imer.fusion.trainer import TrainConfig
 
     if missing_rate is not None and condition is not None:
         raise BadInput("give --missing-rate or --condition, not both")
@@ -121,44 +124,41 @@ def train(
     cfg = TrainConfig(
         epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
         batch_mode=batch_mode.value if batch_mode else None, patience=patience or None,
-        seed=seed, device=device, missing_rate=missing_rate if condition is None else None,
+        seed=seed, device=device, missing_rate=(missing_rate or 0.0) if condition is None else None,
         condition=condition, selection=selection.value,
     )
-    if missing_rate is None and condition is None:
-        cfg.missing_rate = 0.0
-    train_split = fs.split("train")
-    if len(train_split) == 0:
-        raise BadInput(f"{data}: no utterance has split 'train'")
-    std = Standardizer.fit(train_split)  # training split only, present rows only
-    fs_std = std.apply(fs)
-    max_len = max((len(g) for g in train_split.dialogue_groups()), default=1)
-    seed_everything(seed)  # weight initialisation is part of the run's seed
-    model = build_method(method, fs.dims, fs.task, options, {"max_dialogue_len": max_len, "batch_mode": batch_mode.value if batch_mode else None})
-    meta = {"data": str(data), "label_names": list(fs.task.label_names)}
+    cfg.validate()
+    if cv is not None:
+        from imer.fusion.community import session_folds
 
-    def checkpoint(stage, m, result):
-        save_bundle(out, m, std, fs.extractors, _asdict(cfg), {**meta, "stage": stage, "train_result": result.to_dict()})
+        folds = session_folds(fs)
+    else:
+        folds = [("", fs)]
+    summaries, tables = [], []
+    for name, part in folds:
+        where = out / name if name else out
+        if name and not as_json:
+            from imer.cli.render import err_console
 
-    with TrainProgress(quiet=as_json) as prog:
-        result = fit(model, fs_std, cfg, progress=prog.update, on_stage_end=checkpoint)
-    summary = {
-        "method": method,
-        "out": str(out),
-        "device": result.device,
-        "epochs_run": result.epochs_run,
-        "seconds": round(result.seconds, 2),
-        "epochs_per_second": round(result.epochs_run / max(result.seconds, 1e-9), 3),
-        "selection_split": result.selection_split,
-        "best": result.best,
-        "params": int(sum(p.numel() for p in model.parameters())),
-    }
-    if evaluate_after and "test" in fs.splits:
-        rows = _table(model, fs_std.split("test"), list(range(mask_seeds)), cfg.batch_mode, batch_size, result.device, as_json)
+            err_console.print(f"[bold]fold {name}[/bold]: test on {part.splits.count('test')} utterances")
+        with TrainProgress(quiet=as_json) as prog:
+            res = run_experiment(
+                part, method, cfg, options, out=where, evaluate=evaluate_after,
+                mask_seeds=tuple(range(mask_seeds)), progress=prog.update, eval_progress=prog.evaluation,
+                meta={"data": str(data), "fold": name or None},
+            )
+        summaries.append({**res.summary(), "out": str(where), **({"fold": name} if name else {})})
+        if res.rows:
+            tables.append(res.rows)
+    task = fs.task
+    summary = summaries[0] if cv is None else {"method": method, "cv": cv.value, "folds": summaries}
+    if tables:
+        rows = tables[0] if cv is None else average_rows(tables, task)
         summary["test"] = rows
-        save_bundle(out, model, std, fs.extractors, _asdict(cfg), {**meta, "train_result": result.to_dict(), "test": rows})
         if not as_json:
-            _print_table(rows, model.task, f"{method} on {data.name} (test split; selected on {result.selection_split})")
-    _report(summary, as_json, "trained", skip=("test", "best"))
+            what = "test split" if cv is None else f"mean over {len(tables)} leave-one-session-out folds"
+            _print_table(rows, task, f"{method} on {data.name} ({what}; selected on {summaries[0]['selection_split']})")
+    _report(summary, as_json, "trained", skip=("test", "best", "folds"))
 
 
 @app.command()
@@ -193,12 +193,6 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------- helpers
-def _asdict(obj) -> dict:
-    from dataclasses import asdict
-
-    return asdict(obj)
-
-
 def _table(model, fs, seeds, batch_mode, batch_size, device, quiet) -> list[dict]:
     from imer.cli.progress import bar
     from imer.fusion.evaluation import evaluate_table

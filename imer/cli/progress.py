@@ -45,6 +45,7 @@ class TrainProgress:
         self.quiet = quiet
         self.p: Progress | None = None
         self.task = None
+        self.eval_task = None
 
     def __enter__(self) -> "TrainProgress":
         if not self.quiet:
@@ -67,3 +68,11 @@ class TrainProgress:
             key = "WA" if "WA" in m else "Acc2"
             info = f"loss {event['loss'].get('total', float('nan')):.3f}  {split} {key} {m.get(key, float('nan')):.3f}  best {event['best']:.3f}"
             self.p.update(self.task, completed=event["epoch"] + 1, info=info)
+
+    def evaluation(self, done: int, total: int) -> None:
+        """``update(done, total)`` callback for the evaluation table, in the same display."""
+        if self.p is None:
+            return
+        if self.eval_task is None:
+            self.eval_task = self.p.add_task("evaluating", total=total, info="")
+        self.p.update(self.eval_task, completed=done, total=total)

@@ -102,3 +102,15 @@ def test_import_community_real_labels(shared_data, tmp_path):
     s = _json(runner.invoke(app, ["import-community", "--labels", str(labels), "--text", str(text), "--out", str(out), "--json"]))
     assert s["utterances"] == 5531 and s["present"] == {"audio": 0, "text": len(uids[::2]), "video": 0}
     assert s["dims"]["text"] == 4 and s["task"]["label_names"] == ["happy", "sad", "neutral", "angry"]
+
+
+def test_leave_one_session_out(tmp_path):
+    fs = make_featureset(n_dialogues=10, noise=1.0, seed=5)
+    fs.dialogues = [f"Ses0{int(d[1:]) % 5 + 1}F_impro{d}" for d in fs.dialogues]  # IEMOCAP-style ids
+    save_store(fs, tmp_path / "store")
+    out = tmp_path / "cv"
+    s = _json(runner.invoke(app, ["train", "--data", str(tmp_path / "store"), "--method", "concat", "--out", str(out),
+                                  "--epochs", "2", "--cv", "sessions", "--mask-seeds", "1", "--json"]))
+    assert [f["fold"] for f in s["folds"]] == [f"session{k}" for k in range(1, 6)]
+    assert all((out / f"session{k}" / "model.safetensors").is_file() for k in range(1, 6))
+    assert len(s["test"]) == 15 and s["test"][0]["folds"] == 5
