@@ -398,15 +398,25 @@ class TensorData:
             mat[i, : len(g)] = g
         self.dialogue_index = torch.from_numpy(mat).to(self.device)
 
-    def batch(self, index, protocol_mask=None) -> Batch:
-        """``index``: LongTensor ``[B, L]`` of rows (-1 = padding); mask: bool ``[N, 3]`` or None."""
+    def padded_mask(self, protocol_mask) -> "object":
+        """Move a bool ``[N, 3]`` protocol mask to the device once, with the padding row appended."""
+        import torch
+
+        pm = torch.as_tensor(protocol_mask, dtype=torch.bool).to(self.device)
+        if pm.shape != (self.n, 3):
+            raise BadInput(f"protocol mask has shape {tuple(pm.shape)}; expected [{self.n}, 3]")
+        return torch.cat([pm, torch.zeros(1, 3, dtype=torch.bool, device=self.device)])
+
+    def batch(self, index, protocol_mask=None, padded: bool = False) -> Batch:
+        """``index``: LongTensor ``[B, L]`` of rows (-1 = padding); mask: bool ``[N, 3]`` or None
+        (or already passed through :meth:`padded_mask` when ``padded``)."""
         import torch
 
         valid = index >= 0
         rows = torch.where(valid, index, torch.full_like(index, self.n))
         present = self.present[rows]
         if protocol_mask is not None:
-            pm = torch.cat([protocol_mask.to(self.device), torch.zeros(1, 3, dtype=torch.bool, device=self.device)])
+            pm = protocol_mask if padded else self.padded_mask(protocol_mask)
             present = present & pm[rows]
         return Batch(
             feats={m: x[rows] for m, x in self.feats.items()},
@@ -429,7 +439,6 @@ class TensorData:
 
         if mode == "dialogue":
             units = self.dialogue_index
-            # Trim padding columns not needed by this batch, keeps attention cheap.
         elif mode == "utterance":
             units = torch.arange(self.n, device=self.device).unsqueeze(1)
         else:
@@ -439,12 +448,15 @@ class TensorData:
             if shuffle
             else torch.arange(len(units), device=self.device)
         )
+        pm = None if protocol_mask is None else self.padded_mask(protocol_mask)
+        lengths = (units >= 0).sum(1).cpu() if mode == "dialogue" else None
         for start in range(0, len(units), batch_size):
-            idx = units[order[start : start + batch_size]]
-            if mode == "dialogue":
-                width = int((idx >= 0).sum(1).max().item())
+            sel = order[start : start + batch_size]
+            idx = units[sel]
+            if lengths is not None:  # trim padding columns this batch does not need
+                width = int(lengths[sel.cpu()].max())
                 idx = idx[:, : max(width, 1)]
-            yield self.batch(idx, protocol_mask)
+            yield self.batch(idx, pm, padded=True)
 
     def num_batches(self, mode: str, batch_size: int) -> int:
         units = len(self.dialogue_index) if mode == "dialogue" else self.n

@@ -126,7 +126,7 @@ def predict_outputs(
 ) -> np.ndarray:
     """Model outputs aligned to ``data.fs`` rows: probabilities ``[N, C]`` or values ``[N]``."""
     method.eval()
-    pm = None if mask is None else torch.from_numpy(np.asarray(mask, dtype=bool))
+    pm = None if mask is None else np.asarray(mask, dtype=bool)
     k = method.num_outputs
     out = torch.zeros(data.n, k, device=data.device)
     ctx, _ = _autocast(data.device, amp)
@@ -204,7 +204,7 @@ def fit(
             method.train()
             mask = torch.from_numpy(train_masks.train_mask(train.n, global_epoch))
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + global_epoch)
-            sums: dict[str, float] = {}
+            sums: dict[str, torch.Tensor] = {}
             nb = 0
             for batch in train.iterate(mode, bs, shuffle=True, generator=gen, protocol_mask=mask):
                 with autocast_ctx:
@@ -223,8 +223,8 @@ def fit(
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 scaler.step(opt)
                 scaler.update()
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                for k, v in losses.items():  # stays on the device: no sync per batch
+                    sums[k] = sums.get(k, 0.0) + v.detach().float()
                 nb += 1
             metrics = evaluate(method, select, sel_mask, mode, bs, cfg.amp)
             score = metrics.get(key, float("nan"))
@@ -237,7 +237,7 @@ def fit(
             record = {
                 "stage": stage,
                 "epoch": epoch,
-                "loss": {k: v / max(nb, 1) for k, v in sums.items()},
+                "loss": {k: float(v) / max(nb, 1) for k, v in sums.items()},
                 sel_name: metrics,
                 "improved": improved,
             }
