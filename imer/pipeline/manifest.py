@@ -1,0 +1,28 @@
+"""Utterance records: one per manifest row, subtitle cue, or whole media file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Utterance:
+    """One unit to recognise.
+
+    ``start``/``end`` are seconds within ``source`` (None = whole file). ``transcript`` is None
+    when there is none at all and "" when one exists but is empty (two different reasons).
+    """
+
+    id: str
+    source: Path | None = None
+    start: float | None = None
+    end: float | None = None
+    transcript: str | None = None
+    transcript_source: str | None = None  # "manifest", "sidecar:clip.srt", "cli", ...
+    label: str | float | None = None
+    speaker: str | None = None
+    dialogue: str | None = None
+    order: int = 0
+    split: str | None = None
+    extra: dict = field(default_factory=dict)
