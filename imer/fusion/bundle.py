@@ -19,7 +19,8 @@ from pathlib import Path
 from imer import __version__
 from imer.errors import BadInput, IncompatibleBundle
 from imer.fusion.base import FusionMethod, build_method
-from imer.fusion.data import Standardizer, _atomic_write_bytes, atomic_write_text
+from imer.fsutil import atomic_write_bytes, atomic_write_text
+from imer.fusion.data import Standardizer
 from imer.types import MODALITY_NAMES, TaskSpec
 
 BUNDLE_FORMAT = "imer-model-bundle"
@@ -41,8 +42,8 @@ def save_bundle(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
-    _atomic_write_bytes(out / "model.safetensors", st_save_torch(state))
-    _atomic_write_bytes(out / "normalizer.safetensors", st_save_np(standardizer.tensors()))
+    atomic_write_bytes(out / "model.safetensors", st_save_torch(state))
+    atomic_write_bytes(out / "normalizer.safetensors", st_save_np(standardizer.tensors()))
     config = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,

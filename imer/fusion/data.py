@@ -16,8 +16,6 @@ zeros, is what says a stream is absent.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -25,6 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from imer.errors import BadInput
+from imer.fsutil import commit_files
 from imer.types import MODALITY_NAMES, MissingReason, TaskKind, TaskSpec
 
 STORE_FORMAT = "imer-feature-store"
@@ -204,25 +203,6 @@ class Standardizer:
 
 
 # ---------------------------------------------------------------------- on-disk store
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(Path(path), text.encode("utf-8"))
-
-
 def save_store(fs: FeatureSet, out: str | Path) -> Path:
     """Write ``fs`` as an imer feature store folder.
 
@@ -235,7 +215,8 @@ def save_store(fs: FeatureSet, out: str | Path) -> Path:
     * ``features.safetensors`` — one float32 ``[N, D]`` tensor per modality, rows in the same
       order; memory-mappable, loads without executing code.
 
-    ``store.json`` is written last, so a folder without it is never mistaken for a store.
+    All three files are written to temp names first; ``store.json`` is removed before and renamed
+    last, so a half-written store never looks valid and a failed write leaves the old store intact.
     """
     from safetensors.numpy import save as st_save
 
@@ -262,8 +243,6 @@ def save_store(fs: FeatureSet, out: str | Path) -> Path:
                 ensure_ascii=False,
             )
         )
-    _atomic_write_bytes(out / "features.safetensors", st_save({m: fs.feats[m] for m in MODALITY_NAMES}))
-    atomic_write_text(out / "utterances.jsonl", "\n".join(rows) + "\n")
     header = {
         "format": STORE_FORMAT,
         "version": STORE_VERSION,
@@ -271,7 +250,14 @@ def save_store(fs: FeatureSet, out: str | Path) -> Path:
         "task": fs.task.to_dict(),
         "modalities": {m: {"dim": fs.dims[m], "extractor": fs.extractors.get(m, {"name": "unknown"})} for m in MODALITY_NAMES},
     }
-    atomic_write_text(out / "store.json", json.dumps(header, indent=2))
+    commit_files(
+        {
+            out / "features.safetensors": st_save({m: fs.feats[m] for m in MODALITY_NAMES}),
+            out / "utterances.jsonl": ("\n".join(rows) + "\n").encode("utf-8"),
+            out / "store.json": json.dumps(header, indent=2).encode("utf-8"),
+        },
+        marker=out / "store.json",
+    )
     return out
 
 

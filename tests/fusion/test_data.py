@@ -11,7 +11,6 @@ import torch
 from synthetic import make_featureset
 
 from imer.errors import BadInput
-from imer.fusion import data as data_mod
 from imer.fusion.data import (
     FeatureSet,
     Standardizer,
@@ -243,17 +242,43 @@ def test_store_no_tmp_leftovers(tmp_path, fs):
 
 
 def test_store_failed_write_leaves_old_store_and_no_tmp(tmp_path, fs, monkeypatch):
+    import imer.fsutil as fsutil_mod
+
     out = save_store(fs, tmp_path / "s")
 
-    def boom(src, dst):
+    def boom(*a):
         raise OSError("disk full")
 
-    monkeypatch.setattr(data_mod.os, "replace", boom)
+    monkeypatch.setattr(fsutil_mod.os, "fsync", boom)  # fails while writing the new files
     with pytest.raises(OSError):
         save_store(fs.subset(np.arange(3)), out)
     monkeypatch.undo()
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
     _assert_same(fs, load_store(out))
+
+
+def test_store_interrupted_commit_is_never_half_valid(tmp_path, fs, monkeypatch):
+    import imer.fsutil as fsutil_mod
+
+    out = save_store(fs, tmp_path / "s")
+    real = fsutil_mod.os.replace
+    calls = []
+
+    def die_after_first(src, dst):
+        calls.append(dst)
+        if len(calls) > 1:
+            raise OSError("killed")
+        real(src, dst)
+
+    monkeypatch.setattr(fsutil_mod.os, "replace", die_after_first)
+    with pytest.raises(OSError):
+        save_store(fs.subset(np.arange(3)), out)
+    monkeypatch.undo()
+    # New features are in place but the rest is not: the folder must not load as a store.
+    assert not is_store(out)
+    with pytest.raises(BadInput, match="store.json"):
+        load_store(out)
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
 
 
 def test_load_store_without_header(tmp_path):

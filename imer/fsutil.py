@@ -1,0 +1,56 @@
+"""Atomic file writes: a reader (or a resumed run) only ever sees whole files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def commit_files(files: dict[Path, bytes], marker: Path) -> None:
+    """Write several files so that readers see either the old set or the new one, never a mix.
+
+    All contents are written to temp files first (a failure there leaves the old files alone);
+    then ``marker`` (the file whose presence makes the set valid) is removed, the others are
+    renamed into place, and ``marker`` is renamed last.
+    """
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, data in {**files}.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        if marker.exists():
+            marker.unlink()
+        for tmp, path in sorted(temps, key=lambda tp: tp[1] == marker):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
