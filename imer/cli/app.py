@@ -162,6 +162,78 @@ def train(
 
 
 @app.command()
+def extract(
+    path: Annotated[Optional[Path], typer.Argument(help="A media file or a folder (searched recursively). Optional with --manifest.")] = None,
+    manifest: Annotated[Optional[Path], typer.Option(help="CSV or JSON manifest: id, path, [start, end, transcript, label, speaker, dialogue, split].")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the feature store (what 'imer train --data' reads).")] = Path("feats"),
+    audio: Annotated[str, typer.Option(help="Audio backend: egemaps (offline), wav2vec2, or none.")] = "egemaps",
+    text: Annotated[str, typer.Option(help="Text backend: minilm (offline), deberta, or none.")] = "minilm",
+    video: Annotated[str, typer.Option(help="Video backend: faceprint (offline), manet, or none.")] = "faceprint",
+    set_: Annotated[list[str], typer.Option("--set", help="Backend option BACKEND.KEY=VALUE, e.g. --set wav2vec2.model=/models/w2v --set manet.checkpoint=manet.pth.")] = [],
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Utterances per extractor batch (across files).")] = 16,
+    fps: Annotated[float, typer.Option(help="Video frames sampled per second for face detection.")] = 2.0,
+    max_frames: Annotated[int, typer.Option(help="At most this many frames per utterance.")] = 16,
+    force: Annotated[bool, typer.Option("--force", help="Re-extract even when cached.")] = False,
+    cache: Annotated[Optional[Path], typer.Option(help="Cache folder (default OUT/.cache); share it between runs and machines.")] = None,
+    holdout: Annotated[float, typer.Option(help="When the data names no split: share of speakers (or files) put in 'test'.")] = 0.2,
+    no_cues: Annotated[bool, typer.Option("--no-cues", help="Do not split files into utterances at subtitle cues.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Raw video / audio / transcripts -> cached per-utterance features -> a feature store."""
+    from imer.cli.progress import StageProgress
+    from imer.errors import BadInput
+    from imer.extractors.base import EXTRACTORS
+    from imer.extractors.run import ExtractConfig, extract_features
+    from imer.pipeline.ingest import DecodeConfig, discover, read_manifest
+    from imer.types import Modality
+
+    if path is None and manifest is None:
+        raise BadInput("give a media file or folder, or --manifest FILE")
+    if manifest is not None:
+        utts = read_manifest(manifest)
+    else:
+        if not path.exists():
+            raise BadInput(f"{path}: no such file or folder")
+        utts = discover(path, cues_as_utterances=not no_cues)
+    backends = {Modality.AUDIO: audio, Modality.TEXT: text, Modality.VIDEO: video}
+    for m, name in backends.items():
+        if name != "none" and name not in EXTRACTORS:
+            raise BadInput(f"--{m.value} {name!r}: choose none or one of {[n for n in EXTRACTORS.names() if EXTRACTORS.get(n).modality == m]}")
+    options: dict[str, dict] = {}
+    for item in set_:
+        key, _, value = item.partition("=")
+        backend, _, field = key.partition(".")
+        if not field or not _:
+            raise BadInput(f"--set {item!r}: use BACKEND.KEY=VALUE, e.g. --set wav2vec2.layers=[-1]")
+        from imer.fusion.base import parse_overrides
+
+        options.setdefault(backend, {}).update(parse_overrides([f"{field}={value}"]))
+    for k, v in list(options.items()):
+        options[k] = {f: (tuple(x) if isinstance(x, list) else x) for f, x in v.items()}
+    cfg = ExtractConfig(
+        backends={m: (None if n == "none" else n) for m, n in backends.items()},
+        options=options,
+        decode=DecodeConfig(fps=fps, max_frames=max_frames),
+        device=device,
+        batch_size=batch_size,
+        force=force,
+        cache_dir=cache,
+        holdout=holdout,
+    )
+    with StageProgress(quiet=as_json) as prog:
+        fs, summary = extract_features(utts, out, cfg, progress=prog.update)
+    if as_json:
+        from imer.cli.render import print_json
+
+        print_json(summary.to_dict())
+        return
+    from imer.cli.render import extract_table, out_console
+
+    out_console.print(extract_table(summary))
+
+
+@app.command()
 def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="Model bundle folder written by 'imer train'.")],
     data: Annotated[Path, typer.Option(help="imer feature store to evaluate on.")],

@@ -76,3 +76,29 @@ class TrainProgress:
         if self.eval_task is None:
             self.eval_task = self.p.add_task("evaluating", total=total, info="")
         self.p.update(self.eval_task, completed=done, total=total)
+
+
+class StageProgress:
+    """One bar per named stage, created on first report: ``update(stage, done, total)``."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.p: Progress | None = None
+        self.tasks: dict[str, object] = {}
+
+    def __enter__(self) -> "StageProgress":
+        if not self.quiet:
+            self.p = _progress()
+            self.p.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.p is not None:
+            self.p.__exit__(*exc)
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if self.p is None:
+            return
+        if stage not in self.tasks:
+            self.tasks[stage] = self.p.add_task(stage, total=total, info="")
+        self.p.update(self.tasks[stage], completed=done, total=total)

@@ -54,3 +54,23 @@ def results_table(rows: list[dict], metrics: tuple[str, ...], title: str) -> Tab
                 cells.append(f"{v:.3f}" + (f" ± {s:.3f}" if s else ""))
         t.add_row(name, f"{r['achieved_missing_rate']:.3f}", *cells)
     return t
+
+
+def extract_table(summary) -> Table:
+    """End-of-run summary of ``imer extract``: per modality present / missing by reason."""
+    s = summary.to_dict() if hasattr(summary, "to_dict") else summary
+    t = Table(title=f"{s['utterances']} utterances from {s['files']} files in {s['seconds']:.1f} s -> {s['out']}")
+    t.add_column("modality")
+    t.add_column("extractor")
+    t.add_column("present", justify="right")
+    t.add_column("missing (reason: count)")
+    t.add_column("cache hits", justify="right")
+    t.add_column("extracted", justify="right")
+    for m in ("audio", "text", "video"):
+        ex = s["extractors"].get(m, {})
+        missing = ", ".join(f"{k}: {v}" for k, v in sorted(s["missing"].get(m, {}).items())) or "-"
+        t.add_row(m, ex.get("name", "none"), str(s["present"].get(m, 0)), missing,
+                  str(s["cache_hits"].get(m, 0)), str(s["extracted"].get(m, 0)))
+    t.caption = "splits: " + ", ".join(f"{k or '(none)'}={v}" for k, v in sorted(s["splits"].items())) + \
+        "   stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in s["stage_seconds"].items())
+    return t

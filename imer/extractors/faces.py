@@ -29,8 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from imer.errors import BadInput
-from imer.extractors.base import require
+from imer.errors import BadInput, MissingDependency
 
 FACENET_PACKAGE = "facenet-pytorch==2.5.3"  # MTCNN weights ship inside this wheel
 
@@ -44,6 +43,21 @@ class Face:
     landmarks: np.ndarray  # float32 [5, 2] (x, y): left eye, right eye, nose, mouth left, mouth right
     crop: np.ndarray = field(repr=False)  # uint8 [crop_size, crop_size, 3], aligned (eyes level), RGB
     crop_landmarks: np.ndarray = field(repr=False)  # float32 [5, 2]: landmarks in crop pixels
+
+
+def _import_facenet():
+    """facenet_pytorch, or MissingDependency naming what is actually absent.
+
+    Its ``__init__`` also imports ``requests`` (for InceptionResnetV1 downloads we never use); a
+    plain ``require`` would blame facenet-pytorch when only that dependency is missing.
+    """
+    try:
+        import facenet_pytorch
+    except ImportError as err:
+        if err.name in (None, "facenet_pytorch"):
+            raise MissingDependency(FACENET_PACKAGE, "face detection (MTCNN)") from None
+        raise MissingDependency(err.name, f"face detection (MTCNN, via {FACENET_PACKAGE})") from None
+    return facenet_pytorch
 
 
 def _check_frame(frame: np.ndarray, index: int) -> None:
@@ -148,7 +162,7 @@ class FaceDetector:
         self.detect_side = detect_side
         self.batch_frames = batch_frames
         self.device = device
-        facenet = require("facenet_pytorch", FACENET_PACKAGE, "face detection (MTCNN)")
+        facenet = _import_facenet()
         # keep_all: we choose the face ourselves (largest above min_prob), not MTCNN's first box.
         self._mtcnn = facenet.MTCNN(keep_all=True, min_face_size=min_face_size, device=device)
         self._mtcnn.eval()

@@ -1,0 +1,266 @@
+"""manet: 1024-d facial-expression embedding from the authors' MA-Net RAF-DB checkpoint.
+
+This reproduces the community ``manet_UTT`` features (GCNet / MoMKE / ComP): per sampled frame,
+the largest MTCNN face, aligned and resized to 224x224, goes through MA-Net (``imer/extractors/
+manet.py``); the embedding is ``[local-attention 512-d, global multi-scale 512-d]``, the input of
+the two classifiers; the utterance vector is the mean over the frames where a face was found, and
+``Missing(NO_FACE)`` when there is none.
+
+Preprocessing follows the official evaluation transform, ``Resize((224, 224))`` + ``ToTensor()``:
+pixels in [0, 1] and *no* mean/std normalisation (hence the defaults ``mean=0, std=1``; they are
+options only so a checkpoint trained otherwise can be used).
+
+Weights: the checkpoint has no model-hub entry, so the user points ``checkpoint`` at the file.
+``.safetensors`` loads directly; a ``.pth``/``.pth.tar`` loads only through
+``torch.load(weights_only=True)``, never a full unpickle. The official ``main.py`` saves
+``{'epoch', 'state_dict', 'best_acc', 'optimizer', 'recorder'}`` where ``recorder`` is its own
+``RecorderMeter`` object holding numpy arrays; for that one layout an inert stand-in class and
+numpy's array reconstruction are allow-listed for the weights-only unpickler (no code of the file
+runs, the recorder is discarded). Anything else that is not plain tensors is refused with the
+conversion command.
+
+Departures: faces come from MTCNN (facenet-pytorch) with eye-level alignment; the community files
+were made from OpenFace-aligned face crops, so features are close but not identical. ``checkpoint``
+is a path inside the config (the cache key therefore changes if the file is moved).
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from imer.errors import BadInput
+from imer.extractors.base import Extractor, Missing, register_extractor, resolve_device
+from imer.types import MissingReason, Modality
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from imer.extractors.manet import MANet
+
+MANET_EMBED_DIM = 1024  # = imer.extractors.manet.EMBED_DIM (512 local + 512 global); no torch import here
+
+CHECKPOINT_HELP = (
+    "MA-Net has no model-hub entry: download the authors' RAF-DB checkpoint ('MA-Net RAF-DB', "
+    "a .pth/.pth.tar, linked from the README of https://github.com/zengqunzhao/MA-Net) and set the "
+    "manet extractor option checkpoint=/path/to/file (.pth, .pth.tar or .safetensors)"
+)
+
+
+@dataclass(frozen=True)
+class ManetConfig:
+    checkpoint: str | None = None  # path to the RAF-DB checkpoint (.pth, .pth.tar, .safetensors)
+    num_classes: int = 7  # RAF-DB's 7 basic expressions (rows of fc_1 / fc_2 in the checkpoint)
+    reverse_second_cascade: bool = True  # MulScaleBlock cascade 2 runs 4->1 (official repo, 923fa6c)
+    input_size: int = 224  # official Resize((224, 224)); the local branch cuts layer2's map in quadrants
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # official transform: ToTensor() only, no Normalize
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    margin: float = 0.2  # context around the MTCNN box, fraction of its longer side
+    min_prob: float = 0.9  # MTCNN probability a face must reach
+    min_face_size: int = 20  # MTCNN minimum face, in detection pixels
+    detect_side: int = 320  # frames shrunk to this longer side for detection (speed)
+    batch_frames: int = 16  # frames per MTCNN call (speed knob)
+    batch_size: int = 32  # face crops per MA-Net forward (speed knob)
+
+    def __post_init__(self) -> None:
+        # JSON round trips turn tuples into lists and paths into strings: normalise.
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.checkpoint is not None:
+            object.__setattr__(self, "checkpoint", str(self.checkpoint))
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            raise BadInput(f"manet: mean and std need 3 values each, std > 0; got {self.mean}, {self.std}")
+        if self.input_size < 64 or self.input_size % 16:
+            raise BadInput(f"manet: input_size must be a multiple of 16 and >= 64 (official: 224), got {self.input_size}")
+        if self.batch_size < 1:
+            raise BadInput(f"manet: batch_size must be >= 1, got {self.batch_size}")
+
+
+# -- checkpoint loading ------------------------------------------------------------------------------
+class _TrainingRecorder:
+    """Inert stand-in for ``__main__.RecorderMeter`` pickled by the official ``main.py``.
+
+    It has no methods: the weights-only unpickler only creates it and fills its ``__dict__``.
+    """
+
+
+def _official_layout_globals() -> list[Any]:
+    """What the official training checkpoint needs beyond tensors: the recorder and numpy arrays."""
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray  # type: ignore[no-redef]
+
+    dtype_classes = [type(np.dtype(t)) for t in (np.float32, np.float64, np.int64, np.int32, np.bool_)]
+    return [
+        (_TrainingRecorder, "__main__.RecorderMeter"),
+        (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),  # pickled by numpy 1.x
+        (multiarray._reconstruct, "numpy._core.multiarray._reconstruct"),  # pickled by numpy 2.x
+        (np.ndarray, "numpy.ndarray"),
+        (np.dtype, "numpy.dtype"),
+        *dtype_classes,
+    ]
+
+
+def read_checkpoint(path: str | Path) -> dict[str, "torch.Tensor"]:
+    """The state dict in ``path`` with a leading ``module.`` (DataParallel) removed.
+
+    Accepts a bare state dict or a training checkpoint with a ``state_dict`` entry, as
+    ``.safetensors`` or as a torch pickle read with ``weights_only=True`` only.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: MA-Net checkpoint not found. {CHECKPOINT_HELP}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            obj: Any = load_file(str(path), device="cpu")
+        except Exception as err:  # safetensors raises its own error types for corrupt headers
+            raise BadInput(f"{path}: not a readable safetensors file ({err})") from None
+    else:
+        try:
+            with torch.serialization.safe_globals(_official_layout_globals()):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise BadInput(
+                f"{path}: refused by torch.load(weights_only=True): {reason}. imer loads .pth files "
+                "only as plain tensors. Convert it once, in an environment you trust, e.g. "
+                "python -c \"import torch; c = torch.load('IN.pth', map_location='cpu', weights_only=False); "
+                "torch.save(c.get('state_dict', c), 'OUT.pth')\", or save it as .safetensors"
+            ) from None
+        except (RuntimeError, EOFError, OSError, ValueError) as err:
+            raise BadInput(f"{path}: cannot read this file as a torch checkpoint ({err})") from None
+
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise BadInput(
+            f"{path}: expected a state dict (name -> tensor) or a checkpoint with a 'state_dict' entry"
+        )
+    prefix = "module."
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in obj.items()}
+
+
+def check_state_dict(state: Mapping[str, "torch.Tensor"], expected: Mapping[str, tuple[int, ...]], source: str) -> None:
+    """Raise BadInput naming missing, unexpected and mis-shaped keys (strict matching)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mis_shaped = sorted(
+        f"{k} {tuple(state[k].shape)} (expected {expected[k]})"
+        for k in set(state) & set(expected)
+        if tuple(state[k].shape) != tuple(expected[k])
+    )
+    if not (missing or unexpected or mis_shaped):
+        return
+
+    def some(items: list[str]) -> str:
+        return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {some(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {some(unexpected)}")
+    if mis_shaped:
+        parts.append(f"{len(mis_shaped)} shape mismatch(es): {some(mis_shaped)}")
+    hint = "this file is not an MA-Net checkpoint with the official key layout"
+    fc = state.get("fc_1.weight")
+    if not (missing or unexpected) and fc is not None and all(k.startswith("fc_") for k in mis_shaped):
+        hint = (
+            f"the classifier has {fc.shape[0]} classes"
+            + (" (the MS-Celeb-1M pre-training checkpoint, not the RAF-DB one)" if fc.shape[0] == 12666 else "")
+            + f"; set the manet option num_classes={fc.shape[0]} or use the RAF-DB checkpoint"
+        )
+    raise BadInput(f"{source}: {'; '.join(parts)}; {hint}")
+
+
+def load_manet(path: str | Path, num_classes: int = 7, reverse_second_cascade: bool = True) -> "MANet":
+    """MANet with the checkpoint's weights, loaded with strict key matching, in eval mode (CPU)."""
+    from imer.extractors.manet import MANet, expected_state_dict_keys
+
+    state = read_checkpoint(path)
+    check_state_dict(state, expected_state_dict_keys(num_classes), str(path))
+    model = MANet(num_classes=num_classes, reverse_second_cascade=reverse_second_cascade)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+# -- the extractor -----------------------------------------------------------------------------------
+@register_extractor("manet")
+class ManetExtractor(Extractor):
+    """MA-Net RAF-DB embedding of the MTCNN-aligned face, mean over frames (1024-d)."""
+
+    modality = Modality.VIDEO
+    config_class = ManetConfig
+    description = "MA-Net (RAF-DB checkpoint) [local, global] 1024-d face embedding, mean over frames"
+
+    def load(self) -> None:
+        import torch
+
+        from imer.extractors.faces import FaceDetector
+
+        cfg = self.config
+        if not cfg.checkpoint:
+            raise BadInput(f"manet: no checkpoint given. {CHECKPOINT_HELP}")
+        device = resolve_device(self.device)
+        self._device = torch.device(device)
+        self._model = load_manet(cfg.checkpoint, cfg.num_classes, cfg.reverse_second_cascade).to(self._device)
+        self._mean = torch.tensor(cfg.mean, device=self._device).view(1, 3, 1, 1)
+        self._std = torch.tensor(cfg.std, device=self._device).view(1, 3, 1, 1)
+        self._detector = FaceDetector(
+            crop_size=cfg.input_size,
+            margin=cfg.margin,
+            min_prob=cfg.min_prob,
+            min_face_size=cfg.min_face_size,
+            detect_side=cfg.detect_side,
+            batch_frames=cfg.batch_frames,
+            device=device,
+        )
+        self._loaded = True
+
+    @property
+    def dim(self) -> int:
+        return MANET_EMBED_DIM
+
+    def embed_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """[N, 1024] float32 embeddings of aligned uint8 RGB crops [input_size, input_size, 3]."""
+        import torch
+
+        self.ensure_loaded()
+        if not crops:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        use_amp = self._device.type == "cuda"  # fp16 only where it is fast and safe; CPU stays fp32
+        out = []
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+            for start in range(0, len(crops), self.config.batch_size):
+                batch = np.stack(crops[start : start + self.config.batch_size])  # [B, S, S, 3] uint8
+                x = torch.from_numpy(batch).to(self._device).permute(0, 3, 1, 2).float().div_(255.0)
+                x = (x - self._mean) / self._std  # identity with the official (0, 1) defaults
+                out.append(self._model.embed(x).float().cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def extract(self, inputs: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray | Missing]:
+        from imer.extractors.faces import faces_per_utterance
+
+        self.ensure_loaded()
+        faces = faces_per_utterance(self._detector, inputs)
+        emb = self.embed_crops([f.crop for fs in faces for f in fs])  # [sum T, 1024]
+        out: list[np.ndarray | Missing] = []
+        start = 0
+        for frames, fs in zip(inputs, faces):
+            if not fs:
+                out.append(Missing(MissingReason.NO_FACE, f"no face in {len(frames)} sampled frames"))
+                continue
+            out.append(emb[start : start + len(fs)].mean(axis=0).astype(np.float32))
+            start += len(fs)
+        return out

@@ -1,0 +1,591 @@
+"""From what the user points at (a folder, a media file, a manifest) to utterances and decoded inputs.
+
+Utterance ids
+-------------
+A media file's id is its path relative to the root (the folder given to :func:`discover`, or
+the manifest's folder), in POSIX form and without the extension:
+``Actor_01/01-01-01-01-01-01-01``. Ids stay readable and stable across machines and operating
+systems. When two files in one folder differ only in extension (``clip.mp4`` and ``clip.wav``),
+both keep their extension (``clip.mp4``, ``clip.wav``), so neither id depends on the order of a
+directory listing. A timed sidecar (srt/vtt/json segments) turns file ``F`` into the utterances
+``F#0``, ``F#1``, ... in cue order, with ``dialogue = F`` and ``order = k``. Manifest rows without
+an id column get the same ids, and rows that share a file are numbered ``#k`` in order of start.
+
+Decoding never raises for bad media. :func:`load_inputs` returns a :class:`StreamStatus` per
+modality instead, decided with the rules in :mod:`imer.pipeline.streams`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import threading
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imer.errors import BadInput
+from imer.pipeline.manifest import Utterance
+from imer.pipeline.media import (
+    MEDIA_EXTS,
+    MediaInfo,
+    UnreadableMedia,
+    decode_audio,
+    is_media_file,
+    probe,
+    sample_frames,
+)
+from imer.pipeline.streams import SILENCE_RMS, StreamStatus, audio_status, text_status
+from imer.pipeline.transcripts import Transcript, decode_text, load_transcript
+from imer.types import MissingReason, Modality
+
+# A segment may end this far (s) past the container's duration and still count as in range:
+# durations in headers are rounded, and subtitle cues often overshoot the last frame.
+END_TOLERANCE = 0.5
+
+# -- ids ------------------------------------------------------------------------------------------
+
+
+def _rel_posix(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _strip_ext(rel: str) -> str:
+    head, _, name = rel.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return f"{head}/{stem}" if head else stem
+
+
+def file_ids(files: list[Path], root: Path) -> dict[Path, str]:
+    """Id per media file (see the module docstring): relative path without its extension, or
+    with it for the files whose id would otherwise collide."""
+    rel = {f: _rel_posix(f, root) for f in files}
+    base = {f: _strip_ext(r) for f, r in rel.items()}
+    counts = Counter(base.values())
+    return {f: (base[f] if counts[base[f]] == 1 else rel[f]) for f in files}
+
+
+# -- discover -------------------------------------------------------------------------------------
+
+
+def _is_hidden(rel: Path) -> bool:
+    return any(part.startswith(".") for part in rel.parts)
+
+
+def discover(path: str | Path, recursive: bool = True, cues_as_utterances: bool = True) -> list[Utterance]:
+    """Utterances for a media file or every media file in a folder (recursively), sorted by id.
+
+    Each file is one utterance whose transcript comes from its sidecar. A sidecar with timed
+    cues instead makes one utterance per cue (unless ``cues_as_utterances`` is False; then the
+    cues' joined text is the file's transcript). Transcript files without media are not
+    utterances. Hidden files and folders (``.DS_Store``, ``._clip.mp4``) are skipped.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BadInput(f"{path}: no such file or folder")
+    if path.is_file():
+        if not is_media_file(path):
+            raise BadInput(
+                f"{path}: not a supported media file (supported: {' '.join(MEDIA_EXTS)}); "
+                "for a list of files use a manifest (CSV or JSON)"
+            )
+        root, files = path.parent, [path]
+    else:
+        root = path
+        pattern = path.rglob("*") if recursive else path.glob("*")
+        files = [
+            f for f in pattern if f.is_file() and is_media_file(f) and not _is_hidden(f.relative_to(root))
+        ]
+        if not files:
+            raise BadInput(
+                f"{path}: no media files found{' (searched recursively)' if recursive else ''}; "
+                f"supported extensions: {' '.join(MEDIA_EXTS)}"
+            )
+    ids = file_ids(files, root)
+    out: list[Utterance] = []
+    for f in sorted(files, key=lambda f: ids[f]):
+        fid, source = ids[f], f.absolute()
+        tr = load_transcript(f)
+        if tr is not None and tr.cues and cues_as_utterances:
+            out.extend(_cue_utterances(fid, source, tr))
+        else:
+            out.append(
+                Utterance(
+                    id=fid,
+                    source=source,
+                    transcript=tr.text if tr is not None else None,
+                    transcript_source=tr.source if tr is not None else None,
+                )
+            )
+    return out
+
+
+def _cue_utterances(fid: str, source: Path, tr: Transcript) -> list[Utterance]:
+    return [
+        Utterance(
+            id=f"{fid}#{k}",
+            source=source,
+            start=cue.start,
+            end=cue.end,
+            transcript=cue.text,
+            transcript_source=tr.source,
+            speaker=cue.speaker,
+            dialogue=fid,
+            order=k,
+        )
+        for k, cue in enumerate(tr.cues)
+    ]
+
+
+# -- manifests ------------------------------------------------------------------------------------
+
+# Canonical column -> accepted names (matched case-insensitively; the first present one wins).
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "id": ("id", "utterance_id", "utt_id"),
+    "path": ("path", "file", "media", "filename"),
+    "start": ("start", "start_time", "begin"),
+    "end": ("end", "end_time", "stop"),
+    "transcript": ("transcript", "text"),
+    "label": ("label", "emotion"),
+    "speaker": ("speaker", "speaker_id", "actor"),
+    "dialogue": ("dialogue", "dialogue_id", "dialog"),
+    "order": ("order", "turn"),
+    "split": ("split", "subset"),
+}
+
+
+def read_manifest(path: str | Path) -> list[Utterance]:
+    """Utterances from a CSV/TSV or JSON/JSONL manifest, in file order.
+
+    Columns are listed in :data:`COLUMN_ALIASES`; ``path`` is required (a row may leave it empty
+    for a text-only utterance if it has an id). Other columns go to ``Utterance.extra``. Relative
+    paths resolve against the manifest's folder. An empty cell means None, except for the
+    transcript: a transcript column with an empty cell means the transcript is "". With no
+    transcript column at all, the text comes from the media file's sidecar. For a row with a
+    segment, that is the text of the cues whose midpoint falls in the segment. Without an
+    ``order`` column, rows are numbered within their dialogue in file order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: manifest not found")
+    suffix = path.suffix.lower()
+    text = decode_text(path.read_bytes())
+    if suffix in (".json", ".jsonl"):
+        rows = _json_rows(path, text, suffix == ".jsonl")
+        where = "item"
+    elif suffix in (".csv", ".tsv", ".txt"):
+        rows = _csv_rows(path, text, "\t" if suffix == ".tsv" else None)
+        where = "line"
+    else:
+        raise BadInput(f"{path}: unknown manifest format (use .csv, .tsv, .json or .jsonl)")
+    return _rows_to_utterances(path, rows, where)
+
+
+def _csv_rows(path: Path, text: str, delimiter: str | None) -> list[tuple[int, dict[str, Any]]]:
+    header = text.split("\n", 1)[0]
+    if delimiter is None:  # the most frequent candidate in the header line
+        delimiter = max((",", "\t", ";"), key=header.count)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        columns = [c.strip() for c in next(reader)]
+    except StopIteration:
+        raise BadInput(f"{path}: empty manifest") from None
+    rows = []
+    for cells in reader:
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) > len(columns):
+            raise BadInput(
+                f"{path}: line {reader.line_num}: {len(cells)} cells but {len(columns)} columns "
+                "(an unquoted delimiter inside a transcript?)"
+            )
+        cells = cells + [""] * (len(columns) - len(cells))
+        rows.append((reader.line_num, dict(zip(columns, cells))))
+    if not columns or not rows and not any(columns):
+        raise BadInput(f"{path}: empty manifest")
+    _check_columns(path, columns)
+    return rows
+
+
+def _json_rows(path: Path, text: str, lines: bool) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        if lines:
+            data = [json.loads(ln) for ln in text.split("\n") if ln.strip()]
+        else:
+            data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{path}: invalid JSON ({e})") from e
+    if isinstance(data, dict):
+        if "utterances" not in data:
+            raise BadInput(f"{path}: expected a list of objects or {{\"utterances\": [...]}}")
+        data = data["utterances"]
+    if not isinstance(data, list):
+        raise BadInput(f"{path}: expected a list of objects or {{\"utterances\": [...]}}")
+    rows = []
+    columns: set[str] = set()
+    for k, item in enumerate(data, 1):
+        if not isinstance(item, dict):
+            raise BadInput(f"{path}: item {k} is not an object")
+        rows.append((k, item))
+        columns.update(item)
+    if rows:
+        _check_columns(path, sorted(columns))
+    return rows
+
+
+def _canonical(columns: list[str]) -> dict[str, str]:
+    """Canonical name -> the column that provides it."""
+    lower = {c.strip().lower(): c for c in columns}
+    found = {}
+    for canon, aliases in COLUMN_ALIASES.items():
+        for a in aliases:
+            if a in lower:
+                found[canon] = lower[a]
+                break
+    return found
+
+
+def _check_columns(path: Path, columns: list[str]) -> None:
+    if "path" not in _canonical(columns):
+        raise BadInput(
+            f"{path}: no media path column (accepted names: {', '.join(COLUMN_ALIASES['path'])}); "
+            f"columns found: {', '.join(columns) or 'none'}"
+        )
+
+
+def _parse_time(value: Any) -> float:
+    """Seconds from a number or "[HH:]MM:SS[.,]mmm"."""
+    if isinstance(value, bool):
+        raise ValueError("boolean")
+    if isinstance(value, (int, float)):
+        t = float(value)
+    else:
+        s = str(value).strip().replace(",", ".")
+        parts = s.split(":")
+        if len(parts) > 3:
+            raise ValueError(s)
+        t = 0.0
+        for p in parts:
+            t = t * 60 + float(p)
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(str(value))
+    return t
+
+
+def _empty(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and not v.strip())
+
+
+def _rows_to_utterances(path: Path, rows: list[tuple[int, dict[str, Any]]], where: str) -> list[Utterance]:
+    base = path.parent.absolute()
+    columns = sorted({c for _, r in rows for c in r})
+    canon = _canonical(columns)
+    mapped = set(canon.values())
+    has_id = "id" in canon
+    has_transcript = "transcript" in canon
+    has_order = "order" in canon
+    utts: list[Utterance] = []
+    row_of: list[int] = []
+    for num, row in rows:
+        loc = f"{path}: {where} {num}"
+
+        def get(name: str) -> Any:
+            col = canon.get(name)
+            v = row.get(col) if col is not None else None
+            return None if _empty(v) else (v.strip() if isinstance(v, str) else v)
+
+        raw_path = get("path")
+        source = None
+        if raw_path is not None:
+            p = Path(str(raw_path))
+            source = Path(os.path.normpath(p if p.is_absolute() else base / p))
+        uid = get("id")
+        if uid is None and source is None:
+            raise BadInput(f"{loc}: no media path and no id; give at least one")
+        start = end = None
+        for name in ("start", "end"):
+            v = get(name)
+            if v is not None:
+                try:
+                    t = _parse_time(v)
+                except ValueError:
+                    raise BadInput(f"{loc}: {name} {v!r} is not a time in seconds (or HH:MM:SS.mmm)") from None
+                if name == "start":
+                    start = t
+                else:
+                    end = t
+        if end is not None and end <= (start or 0.0):
+            raise BadInput(f"{loc}: end ({end:g}) must be after start ({start or 0.0:g})")
+        order = 0
+        if has_order and get("order") is not None:
+            try:
+                order = int(float(str(get("order"))))
+            except ValueError:
+                raise BadInput(f"{loc}: order {get('order')!r} is not an integer") from None
+        label = get("label")
+        if isinstance(label, bool) or isinstance(label, (list, dict)):
+            raise BadInput(f"{loc}: label {label!r} must be a string or a number")
+        transcript, tsource = _row_transcript(row, canon, has_transcript, source, start, end, loc)
+        extra = {c: (None if _empty(v) else v) for c, v in row.items() if c not in mapped}
+        utts.append(
+            Utterance(
+                id=str(uid) if uid is not None else "",
+                source=source,
+                start=start,
+                end=end,
+                transcript=transcript,
+                transcript_source=tsource,
+                label=label,
+                speaker=_opt_str(get("speaker")),
+                dialogue=_opt_str(get("dialogue")),
+                order=order,
+                split=_opt_str(get("split")),
+                extra=extra,
+            )
+        )
+        row_of.append(num)
+    if not has_id:
+        _ids_from_paths(utts, base)
+    if not has_order:
+        counters: dict[str, int] = defaultdict(int)
+        for u in utts:
+            if u.dialogue is not None:
+                u.order = counters[u.dialogue]
+                counters[u.dialogue] += 1
+    first: dict[str, int] = {}
+    for u, num in zip(utts, row_of):
+        if u.id in first:
+            raise BadInput(f"{path}: {where} {num}: duplicate id {u.id!r} (first at {where} {first[u.id]})")
+        first[u.id] = num
+    return utts
+
+
+def _opt_str(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def _row_transcript(
+    row: dict[str, Any],
+    canon: dict[str, str],
+    has_column: bool,
+    source: Path | None,
+    start: float | None,
+    end: float | None,
+    loc: str,
+) -> tuple[str | None, str | None]:
+    if has_column:
+        v = row.get(canon["transcript"], "")
+        if v is None and not isinstance(row, dict):
+            return None, None
+        if v is None:  # JSON null: explicitly no transcript
+            return None, None
+        return str(v).strip(), "manifest"
+    if source is None:
+        return None, None
+    try:
+        tr = load_transcript(source)
+    except BadInput as e:
+        raise BadInput(f"{loc}: {e}") from e
+    if tr is None:
+        return None, None
+    if tr.cues and (start is not None or end is not None):
+        lo, hi = start or 0.0, end if end is not None else math.inf
+        return " ".join(c.text for c in tr.cues if lo <= (c.start + c.end) / 2 < hi and c.text), tr.source
+    return tr.text, tr.source
+
+
+def _ids_from_paths(utts: list[Utterance], base: Path) -> None:
+    """Ids for a manifest without an id column: the file id, plus ``#k`` when rows share a file."""
+    sources = sorted({u.source for u in utts if u.source is not None})
+    ids = file_ids(sources, base)
+    groups: dict[Path, list[Utterance]] = defaultdict(list)
+    for u in utts:
+        if u.source is not None:
+            groups[u.source].append(u)
+    for src, group in groups.items():
+        if len(group) == 1:
+            group[0].id = ids[src]
+            continue
+        ranked = sorted(range(len(group)), key=lambda i: (group[i].start or 0.0, i))
+        for k, i in enumerate(ranked):
+            group[i].id = f"{ids[src]}#{k}"
+
+
+# -- decoding -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How media is turned into arrays. Part of every cache key: changing a field re-extracts."""
+
+    sample_rate: int = 16000
+    fps: float = 2.0
+    max_frames: int = 16
+    max_side: int = 640
+    silence_rms: float = SILENCE_RMS
+    skip_nonref: bool = True  # see media.sample_frames
+
+
+@dataclass
+class UtteranceInputs:
+    """Decoded inputs of one utterance. A slot is None exactly when its status is missing."""
+
+    utterance: Utterance
+    audio: np.ndarray | None
+    frames: list[np.ndarray] | None
+    frame_times: list[float]
+    text: str | None
+    status: dict[Modality, StreamStatus] = field(default_factory=dict)
+
+
+def _range_problem(utt: Utterance, info: MediaInfo) -> str | None:
+    start = utt.start or 0.0
+    end = utt.end
+    seg = f"segment {start:.2f}-{end:.2f} s" if end is not None else f"segment from {start:.2f} s"
+    if start < 0 or (end is not None and end <= start):
+        return f"{seg} is empty or negative"
+    dur = info.duration
+    if dur is None:
+        return None
+    if start >= dur:
+        return f"{seg} starts after the end of the file ({dur:.2f} s)"
+    if end is not None and end > dur + END_TOLERANCE:
+        return f"{seg} ends after the end of the file ({dur:.2f} s)"
+    return None
+
+
+def _detail(e: BaseException) -> str:
+    return str(e) if isinstance(e, UnreadableMedia) else f"{type(e).__name__}: {e}"
+
+
+def load_inputs(
+    utt: Utterance,
+    want: set[Modality] | frozenset[Modality],
+    cfg: DecodeConfig | None = None,
+    info: MediaInfo | None = None,
+) -> UtteranceInputs:
+    """Decode what ``want`` asks for and say, per modality, whether it is usable and why not.
+
+    Never raises for bad media. Any failure to open or decode becomes UNREADABLE, with the error
+    as the detail, because one broken file must not stop a run over thousands. A programming
+    error still shows in the detail text and in tests. Pass ``info`` to skip probing again when
+    many utterances (cues) share one file.
+    """
+    cfg = cfg or DecodeConfig()
+    status: dict[Modality, StreamStatus] = {}
+    audio: np.ndarray | None = None
+    frames: list[np.ndarray] | None = None
+    frame_times: list[float] = []
+    text: str | None = None
+
+    if Modality.TEXT in want:
+        status[Modality.TEXT] = text_status(utt.transcript)
+        text = utt.transcript if status[Modality.TEXT].present else None
+    else:
+        status[Modality.TEXT] = StreamStatus.missing(MissingReason.DISABLED)
+
+    media_want = [m for m in (Modality.AUDIO, Modality.VIDEO) if m in want]
+    for m in (Modality.AUDIO, Modality.VIDEO):
+        if m not in want:
+            status[m] = StreamStatus.missing(MissingReason.DISABLED)
+    no_track = {Modality.AUDIO: MissingReason.NO_AUDIO_TRACK, Modality.VIDEO: MissingReason.NO_VIDEO_TRACK}
+
+    def finish() -> UtteranceInputs:
+        ordered = {m: status[m] for m in (Modality.AUDIO, Modality.TEXT, Modality.VIDEO)}
+        return UtteranceInputs(utt, audio, frames, frame_times, text, ordered)
+
+    if not media_want:
+        return finish()
+    if utt.source is None:
+        for m in media_want:
+            status[m] = StreamStatus.missing(no_track[m], "no media file")
+        return finish()
+    if info is None:
+        try:
+            info = probe(utt.source)
+        except Exception as e:  # noqa: BLE001 - see docstring
+            for m in media_want:
+                status[m] = StreamStatus.missing(MissingReason.UNREADABLE, _detail(e))
+            return finish()
+
+    problem = _range_problem(utt, info)
+    start = utt.start or 0.0
+    end = utt.end
+    if end is not None and info.duration is not None:
+        end = min(end, info.duration)
+
+    if Modality.AUDIO in media_want:
+        if not info.has_audio:
+            status[Modality.AUDIO] = StreamStatus.missing(MissingReason.NO_AUDIO_TRACK, f"{utt.source.name}")
+        elif problem:
+            status[Modality.AUDIO] = StreamStatus.missing(MissingReason.OUT_OF_RANGE, problem)
+        else:
+            try:
+                samples = decode_audio(utt.source, start, end, cfg.sample_rate)
+            except Exception as e:  # noqa: BLE001
+                status[Modality.AUDIO] = StreamStatus.missing(MissingReason.UNREADABLE, _detail(e))
+            else:
+                status[Modality.AUDIO] = audio_status(samples, True, cfg.silence_rms)
+                audio = samples if status[Modality.AUDIO].present else None
+
+    if Modality.VIDEO in media_want:
+        if not info.has_video:
+            status[Modality.VIDEO] = StreamStatus.missing(MissingReason.NO_VIDEO_TRACK, f"{utt.source.name}")
+        elif problem:
+            status[Modality.VIDEO] = StreamStatus.missing(MissingReason.OUT_OF_RANGE, problem)
+        else:
+            try:
+                imgs, times = sample_frames(
+                    utt.source, start, end, cfg.fps, cfg.max_frames, cfg.max_side, cfg.skip_nonref
+                )
+            except Exception as e:  # noqa: BLE001
+                status[Modality.VIDEO] = StreamStatus.missing(MissingReason.UNREADABLE, _detail(e))
+            else:
+                if imgs:
+                    status[Modality.VIDEO] = StreamStatus.ok()
+                    frames, frame_times = imgs, times
+                else:
+                    status[Modality.VIDEO] = StreamStatus.missing(
+                        MissingReason.OUT_OF_RANGE, "no video frame in the segment"
+                    )
+    return finish()
+
+
+# -- content hashing ------------------------------------------------------------------------------
+
+_HASH_CHUNK = 1 << 20
+_hash_memo: dict[tuple[str, int, int], str] = {}
+_hash_lock = threading.Lock()
+
+
+def file_hash(path: str | Path) -> str:
+    """blake2b-128 hex digest of the file's bytes: the content part of every cache key.
+
+    Memoised per (resolved path, size, mtime_ns) within the process, so the many cues of one
+    long file hash it once. An edited file gets a new size or mtime and is hashed again.
+    """
+    p = Path(path).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    with _hash_lock:
+        cached = _hash_memo.get(key)
+    if cached is not None:
+        return cached
+    h = hashlib.blake2b(digest_size=16)
+    with open(p, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    digest = h.hexdigest()
+    with _hash_lock:
+        _hash_memo[key] = digest
+    return digest
