@@ -164,7 +164,7 @@ def train(
 @app.command()
 def extract(
     path: Annotated[Optional[Path], typer.Argument(help="A media file or a folder (searched recursively). Optional with --manifest.")] = None,
-    manifest: Annotated[Optional[Path], typer.Option(help="CSV or JSON manifest: id, path, [start, end, transcript, label, speaker, dialogue, split].")] = None,
+    manifest: Annotated[Optional[Path], typer.Option(help="CSV or JSON manifest with columns id, path and optionally start, end, transcript, label, speaker, dialogue, split.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for the feature store (what 'imer train --data' reads).")] = Path("feats"),
     audio: Annotated[str, typer.Option(help="Audio backend: egemaps (offline), wav2vec2, or none.")] = "egemaps",
     text: Annotated[str, typer.Option(help="Text backend: minilm (offline), deberta, or none.")] = "minilm",

@@ -124,7 +124,9 @@ def load_pretrained(auto_class: str, model: str, what: str, offline_hint: str = 
     tlog.disable_progress_bar()  # the library does not draw; "Loading weights" bars would interleave ours
     try:
         return cls.from_pretrained(src, **kwargs)
-    except ValueError as e:  # e.g. a config.json of a model type transformers does not know
+    except ValueError as e:  # e.g. no tokenizer files, or a model type transformers does not know
+        if local:
+            raise BadInput(f"{what}: folder {src!r} has no loadable {_PART.get(auto_class, auto_class)} ({_first_line(e)})") from None
         raise BadInput(f"{what}: {model!r} cannot be loaded with {auto_class} ({_first_line(e)})") from None
     except OSError as e:
         first = _first_line(e)

@@ -85,13 +85,23 @@ class _Job:
         self.results: dict[Modality, np.ndarray | CachedMissing] = {}
 
 
+def describe_with_decode(ex: Extractor, decode: Any) -> dict:
+    """What a store and a model bundle record per modality: the extractor and its decoding."""
+    return {**ex.describe(), "decode": _decode_settings(decode, ex.modality)}
+
+
 def extract_features(
     utterances: list[Utterance],
     out: str | Path,
     cfg: ExtractConfig,
     progress: ProgressFn | None = None,
+    extractors: dict[Modality, Extractor] | None = None,
 ) -> tuple[FeatureSet, ExtractSummary]:
-    """Run extraction for ``utterances`` and write the store to ``out``."""
+    """Run extraction for ``utterances`` and write the store to ``out``.
+
+    ``extractors`` lets a long-lived caller (``Predictor``) pass already-loaded backends, so
+    models load once per process; otherwise they are built from ``cfg.backends``.
+    """
     from imer.pipeline.ingest import DecodeConfig, file_hash, load_inputs
 
     if not utterances:
@@ -103,18 +113,20 @@ def extract_features(
     summary = ExtractSummary(out=str(out))
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / ".cache"
 
-    extractors: dict[Modality, Extractor] = {}
+    if extractors is None:
+        extractors = {}
+        for m in MODALITIES:
+            name = cfg.backends.get(m)
+            if not name:
+                continue
+            ex = build_extractor(name, cfg.options.get(name), device=device)
+            if ex.modality != m:
+                raise BadInput(f"extractor {name!r} is for {ex.modality.value}, not {m.value}")
+            extractors[m] = ex
     caches: dict[Modality, FeatureCache] = {}
-    for m in MODALITIES:
-        name = cfg.backends.get(m)
-        if not name:
-            continue
-        ex = build_extractor(name, cfg.options.get(name), device=device)
-        if ex.modality != m:
-            raise BadInput(f"extractor {name!r} is for {ex.modality.value}, not {m.value}")
-        extractors[m] = ex
-        desc = {**ex.describe(), "decode": _decode_settings(decode, m)}
-        caches[m] = FeatureCache(cache_root, m.value, name, content_key(ex.key(), desc["decode"])[:16], desc)
+    for m, ex in extractors.items():
+        desc = describe_with_decode(ex, decode)
+        caches[m] = FeatureCache(cache_root, m.value, ex.name, content_key(ex.key(), desc["decode"])[:16], desc)
         summary.extractors[m.value] = desc
 
     # 1. cache keys (hash every media file once) and cache lookups
@@ -198,7 +210,7 @@ def extract_features(
 
     # 3. compile the store
     t0 = time.perf_counter()
-    fs = _compile(jobs, extractors, summary, cfg)
+    fs = _compile(jobs, extractors, summary, cfg, decode)
     save_store(fs, out)
     summary.stage_seconds["compile"] = round(time.perf_counter() - t0, 3)
     summary.utterances = len(fs)
@@ -207,7 +219,9 @@ def extract_features(
     return fs, summary
 
 
-def _compile(jobs: list[_Job], extractors: dict[Modality, Extractor], summary: ExtractSummary, cfg: ExtractConfig) -> FeatureSet:
+def _compile(
+    jobs: list[_Job], extractors: dict[Modality, Extractor], summary: ExtractSummary, cfg: ExtractConfig, decode: Any
+) -> FeatureSet:
     n = len(jobs)
     feats: dict[str, np.ndarray] = {}
     present = np.zeros((n, 3), dtype=bool)
@@ -251,7 +265,7 @@ def _compile(jobs: list[_Job], extractors: dict[Modality, Extractor], summary: E
         dialogues=dialogues,
         order=np.array([u.order for u in utts], dtype=np.int64),
         splits=splits,
-        extractors={m.value: extractors[m].describe() if m in extractors else {"name": "none"} for m in MODALITIES},
+        extractors={m.value: describe_with_decode(extractors[m], decode) if m in extractors else {"name": "none"} for m in MODALITIES},
     )
 
 

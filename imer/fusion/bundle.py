@@ -113,7 +113,8 @@ def check_compatible(cfg: dict, dims: dict[str, int], extractors: dict[str, dict
                 f"(model trained on extractor {cfg['extractors'][m].get('name')!r}, data made by {extractors.get(m, {}).get('name')!r})"
             )
         want, have = cfg["extractors"].get(m, {}), extractors.get(m, {})
-        if want.get("name") != have.get("name") or want.get("config") != have.get("config"):
+        same = all(want.get(k) == have.get(k) for k in ("name", "config", "decode"))
+        if not same:
             raise IncompatibleBundle(
                 f"{m}: the model was trained on features from {want.get('name')!r} {want.get('config', {})}, "
                 f"but the data comes from {have.get('name')!r} {have.get('config', {})}; "

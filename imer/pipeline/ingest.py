@@ -183,7 +183,7 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     if suffix in (".json", ".jsonl"):
         rows = _json_rows(path, text, suffix == ".jsonl")
         where = "item"
-    elif suffix in (".csv", ".tsv", ".txt"):
+    elif suffix in (".csv", ".tsv"):
         rows = _csv_rows(path, text, "\t" if suffix == ".tsv" else None)
         where = "line"
     else:
@@ -211,7 +211,7 @@ def _csv_rows(path: Path, text: str, delimiter: str | None) -> list[tuple[int, d
             )
         cells = cells + [""] * (len(columns) - len(cells))
         rows.append((reader.line_num, dict(zip(columns, cells))))
-    if not columns or not rows and not any(columns):
+    if not any(columns):
         raise BadInput(f"{path}: empty manifest")
     _check_columns(path, columns)
     return rows
@@ -291,8 +291,6 @@ def _rows_to_utterances(path: Path, rows: list[tuple[int, dict[str, Any]]], wher
     columns = sorted({c for _, r in rows for c in r})
     canon = _canonical(columns)
     mapped = set(canon.values())
-    has_id = "id" in canon
-    has_transcript = "transcript" in canon
     has_order = "order" in canon
     utts: list[Utterance] = []
     row_of: list[int] = []
@@ -335,7 +333,7 @@ def _rows_to_utterances(path: Path, rows: list[tuple[int, dict[str, Any]]], wher
         label = get("label")
         if isinstance(label, bool) or isinstance(label, (list, dict)):
             raise BadInput(f"{loc}: label {label!r} must be a string or a number")
-        transcript, tsource = _row_transcript(row, canon, has_transcript, source, start, end, loc)
+        transcript, tsource = _row_transcript(row, canon, source, start, end, loc)
         extra = {c: (None if _empty(v) else v) for c, v in row.items() if c not in mapped}
         utts.append(
             Utterance(
@@ -354,8 +352,7 @@ def _rows_to_utterances(path: Path, rows: list[tuple[int, dict[str, Any]]], wher
             )
         )
         row_of.append(num)
-    if not has_id:
-        _ids_from_paths(utts, base)
+    _ids_from_paths([u for u in utts if not u.id], base)
     if not has_order:
         counters: dict[str, int] = defaultdict(int)
         for u in utts:
@@ -377,16 +374,14 @@ def _opt_str(v: Any) -> str | None:
 def _row_transcript(
     row: dict[str, Any],
     canon: dict[str, str],
-    has_column: bool,
     source: Path | None,
     start: float | None,
     end: float | None,
     loc: str,
 ) -> tuple[str | None, str | None]:
-    if has_column:
-        v = row.get(canon["transcript"], "")
-        if v is None and not isinstance(row, dict):
-            return None, None
+    col = canon.get("transcript")
+    if col is not None and col in row:
+        v = row[col]
         if v is None:  # JSON null: explicitly no transcript
             return None, None
         return str(v).strip(), "manifest"
@@ -405,7 +400,7 @@ def _row_transcript(
 
 
 def _ids_from_paths(utts: list[Utterance], base: Path) -> None:
-    """Ids for a manifest without an id column: the file id, plus ``#k`` when rows share a file."""
+    """Ids for rows without one: the file id, plus ``#k`` when such rows share a file."""
     sources = sorted({u.source for u in utts if u.source is not None})
     ids = file_ids(sources, base)
     groups: dict[Path, list[Utterance]] = defaultdict(list)
@@ -526,7 +521,7 @@ def load_inputs(
 
     if Modality.AUDIO in media_want:
         if not info.has_audio:
-            status[Modality.AUDIO] = StreamStatus.missing(MissingReason.NO_AUDIO_TRACK, f"{utt.source.name}")
+            status[Modality.AUDIO] = StreamStatus.missing(MissingReason.NO_AUDIO_TRACK, f"no audio track in {utt.source.name}")
         elif problem:
             status[Modality.AUDIO] = StreamStatus.missing(MissingReason.OUT_OF_RANGE, problem)
         else:
@@ -540,7 +535,7 @@ def load_inputs(
 
     if Modality.VIDEO in media_want:
         if not info.has_video:
-            status[Modality.VIDEO] = StreamStatus.missing(MissingReason.NO_VIDEO_TRACK, f"{utt.source.name}")
+            status[Modality.VIDEO] = StreamStatus.missing(MissingReason.NO_VIDEO_TRACK, f"no video track in {utt.source.name}")
         elif problem:
             status[Modality.VIDEO] = StreamStatus.missing(MissingReason.OUT_OF_RANGE, problem)
         else:

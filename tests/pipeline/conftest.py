@@ -1,4 +1,8 @@
-"""Small media files written with PyAV into a session temp folder (a few hundred ms in all)."""
+"""Small media files written with PyAV into a session temp folder (well under a second in all).
+
+Each video frame encodes its own index in flat colour blocks, so a test can check which frame
+came back: index = round(G / 32) * 64 + round(R / 4) on the top-left block.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,19 @@ FPS = 25
 AUDIO_RATE = 44100
 
 
-def _video_frame(i: int) -> np.ndarray:
-    """A frame whose mean brightness encodes its index (checks which frame came back)."""
+def frame_image(i: int) -> np.ndarray:
     img = np.zeros((H, W, 3), dtype=np.uint8)
-    img[..., 0] = (i * 5) % 256
-    img[..., 1] = 128
-    img[: H // 2, : W // 2, 2] = 255
+    img[: H // 2, : W // 2, 0] = (i % 64) * 4
+    img[: H // 2, : W // 2, 1] = (i // 64) * 32
+    img[H // 2 :, W // 2 :, 2] = 200
     return img
+
+
+def frame_index(rgb: np.ndarray) -> int:
+    """Inverse of :func:`frame_image` on a (possibly downscaled) decoded frame."""
+    h, w = rgb.shape[:2]
+    block = rgb[h // 8 : h // 2 - h // 8, w // 8 : w // 2 - w // 8].reshape(-1, 3).mean(axis=0)
+    return int(round(block[1] / 32)) * 64 + int(round(block[0] / 4))
 
 
 def write_media(
@@ -32,8 +42,9 @@ def write_media(
     acodec: str = "aac",
     freq: float = 440.0,
     gop: int = 12,
+    bframes: int = 0,
 ) -> Path:
-    """Write a test clip: ``video`` frames 160x120 at 25 fps, ``audio`` a sine or zeros."""
+    """A clip with 160x120 video at 25 fps and/or stereo audio (a 0.5-amplitude sine, or zeros)."""
     with av.open(str(path), mode="w") as out:
         vs = as_ = None
         if video:
@@ -42,14 +53,18 @@ def write_media(
             vs.pix_fmt = "yuv420p"
             vs.codec_context.gop_size = gop
             if vcodec == "libx264":
-                vs.options = {"preset": "ultrafast", "bf": "0"}
+                vs.options = {"preset": "ultrafast" if not bframes else "fast", "bf": str(bframes), "crf": "10"}
+            elif vcodec == "libvpx":
+                vs.options = {"deadline": "realtime", "cpu-used": "8", "crf": "10", "b": "2M"}
+            else:
+                vs.codec_context.bit_rate = 2_000_000
         if audio is not None:
             rate = 48000 if acodec == "libopus" else AUDIO_RATE
             as_ = out.add_stream(acodec, rate=rate)
             as_.layout = "stereo"
         if vs is not None:
             for i in range(int(round(seconds * FPS))):
-                frame = av.VideoFrame.from_ndarray(_video_frame(i), format="rgb24")
+                frame = av.VideoFrame.from_ndarray(frame_image(i), format="rgb24")
                 frame.pts = i
                 frame.time_base = Fraction(1, FPS)
                 for packet in vs.encode(frame):
@@ -62,8 +77,9 @@ def write_media(
             t = np.arange(n) / rate
             x = 0.5 * np.sin(2 * np.pi * freq * t) if audio == "sine" else np.zeros(n)
             x = np.stack([x, x]).astype(np.float32)
-            fmt = as_.codec_context.codec.audio_formats[0].name if as_.codec_context.codec.audio_formats else "fltp"
-            chunk = 1024
+            formats = as_.codec_context.codec.audio_formats
+            fmt = formats[0].name if formats else "fltp"
+            chunk = 960 if acodec == "libopus" else 1024
             for k in range(0, n, chunk):
                 piece = x[:, k : k + chunk]
                 if fmt in ("s16", "s16p"):
@@ -85,6 +101,11 @@ def write_media(
 
 
 @pytest.fixture(scope="session")
+def make_media():
+    return write_media
+
+
+@pytest.fixture(scope="session")
 def media_dir(tmp_path_factory) -> Path:
     """One folder with every synthetic media case (written once per session)."""
     d = tmp_path_factory.mktemp("media")
@@ -98,4 +119,9 @@ def media_dir(tmp_path_factory) -> Path:
     (d / "empty.mp4").write_bytes(b"")
     (d / "truncated.mp4").write_bytes((d / "sine.mp4").read_bytes()[:300])
     (d / "garbage.mp4").write_bytes(b"this is not a video file at all\n" * 50)
+    data = bytearray((d / "sine.mp4").read_bytes())
+    rng = np.random.default_rng(0)
+    lo, hi = len(data) // 4, 3 * len(data) // 4  # inside mdat: headers intact, payload damaged
+    data[lo:hi] = rng.integers(0, 256, hi - lo, dtype=np.uint8).tobytes()
+    (d / "damaged.mp4").write_bytes(bytes(data))
     return d

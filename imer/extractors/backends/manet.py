@@ -27,6 +27,7 @@ is a path inside the config (the cache key therefore changes if the file is move
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -106,6 +107,16 @@ def _official_layout_globals() -> list[Any]:
     ]
 
 
+def _unpickler_reason(err: Exception) -> str:
+    """The one informative line of torch's long weights-only error (e.g. the refused global)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # torch colours part of the message
+    for line in text.splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].split(". Please use")[0].strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
 def read_checkpoint(path: str | Path) -> dict[str, "torch.Tensor"]:
     """The state dict in ``path`` with a leading ``module.`` (DataParallel) removed.
 
@@ -129,9 +140,8 @@ def read_checkpoint(path: str | Path) -> dict[str, "torch.Tensor"]:
             with torch.serialization.safe_globals(_official_layout_globals()):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise BadInput(
-                f"{path}: refused by torch.load(weights_only=True): {reason}. imer loads .pth files "
+                f"{path}: refused by torch.load(weights_only=True): {_unpickler_reason(err)}. imer loads .pth files "
                 "only as plain tensors. Convert it once, in an environment you trust, e.g. "
                 "python -c \"import torch; c = torch.load('IN.pth', map_location='cpu', weights_only=False); "
                 "torch.save(c.get('state_dict', c), 'OUT.pth')\", or save it as .safetensors"
