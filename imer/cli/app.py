@@ -190,6 +190,10 @@ def extract(
 
     if path is None and manifest is None:
         raise BadInput("give a media file or folder, or --manifest FILE")
+    if manifest is None and path is not None and path.is_dir():
+        # A folder that carries its own manifest (manifest.csv / manifest.json) uses it.
+        found = [path / n for n in ("manifest.csv", "manifest.json") if (path / n).is_file()]
+        manifest = found[0] if found else None
     if manifest is not None:
         utts = read_manifest(manifest)
     else:
@@ -231,6 +235,39 @@ def extract(
     from imer.cli.render import extract_table, out_console
 
     out_console.print(extract_table(summary))
+
+
+@app.command()
+def predict(
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Media files or folders (one prediction per media file).")] = None,
+    model: Annotated[Path, typer.Option(help="Model bundle folder written by 'imer train'.")] = Path("runs/model"),
+    no_audio: Annotated[bool, typer.Option("--no-audio", help="Do not use the audio stream.")] = False,
+    no_text: Annotated[bool, typer.Option("--no-text", help="Do not use the transcript.")] = False,
+    no_video: Annotated[bool, typer.Option("--no-video", help="Do not use the video (faces).")] = False,
+    text: Annotated[Optional[str], typer.Option(help="Transcript to use for every input (or alone, with no media).")] = None,
+    transcript: Annotated[Optional[Path], typer.Option(help="Transcript file (.txt/.srt/.vtt/.json) to use for every input.")] = None,
+    start: Annotated[Optional[float], typer.Option(help="Segment start in seconds.")] = None,
+    end: Annotated[Optional[float], typer.Option(help="Segment end in seconds.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    cache: Annotated[Optional[Path], typer.Option(help="Feature cache folder to reuse between calls.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Emotion label and class probabilities for each clip; says which streams were used and why not the others."""
+    from imer.cli.progress import StageProgress
+    from imer.predict import Predictor
+
+    disable = {m for m, off in (("audio", no_audio), ("text", no_text), ("video", no_video)) if off}
+    predictor = Predictor(model, device=device, cache_dir=cache)
+    with StageProgress(quiet=as_json) as prog:
+        results = predictor.predict(paths or [], disable=disable, text=text, transcript=transcript, start=start, end=end, progress=prog.update)
+    if as_json:
+        from imer.cli.render import clean_nans, print_json
+
+        print_json(clean_nans({"model": str(model), "predictions": [r.to_dict() for r in results]}))
+        return
+    from imer.cli.render import out_console, predictions_table
+
+    out_console.print(predictions_table(results))
 
 
 @app.command()

@@ -74,3 +74,21 @@ def extract_table(summary) -> Table:
     t.caption = "splits: " + ", ".join(f"{k or '(none)'}={v}" for k, v in sorted(s["splits"].items())) + \
         "   stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in s["stage_seconds"].items())
     return t
+
+
+def predictions_table(results) -> Table:
+    t = Table(title="predictions")
+    t.add_column("input")
+    t.add_column("label")
+    t.add_column("probabilities")
+    for m in ("audio", "text", "video"):
+        t.add_column(m)
+    for r in results:
+        where = r.source or r.id
+        if r.start is not None or r.end is not None:
+            where += f" [{r.start or 0:.2f}-{r.end if r.end is not None else 'end'}]"
+        probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.probabilities.items(), key=lambda kv: -kv[1])[:4])
+        label = r.label if r.label is not None else (f"{r.value:+.3f}" if r.value is not None else "-")
+        cells = ["used" if s.used else f"[dim]{s.reason}[/dim]" for s in (r.streams[m] for m in ("audio", "text", "video"))]
+        t.add_row(where, f"[bold]{label}[/bold]", probs, *cells)
+    return t

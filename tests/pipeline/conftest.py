@@ -1,7 +1,7 @@
 """Small media files written with PyAV into a session temp folder (well under a second in all).
 
 Each video frame encodes its own index in flat colour blocks, so a test can check which frame
-came back: index = round(G / 32) * 64 + round(R / 4) on the top-left block.
+came back: index = round(G / 16) * 32 + round(R / 8) on the top-left block (index < 512).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ AUDIO_RATE = 44100
 
 def frame_image(i: int) -> np.ndarray:
     img = np.zeros((H, W, 3), dtype=np.uint8)
-    img[: H // 2, : W // 2, 0] = (i % 64) * 4
-    img[: H // 2, : W // 2, 1] = (i // 64) * 32
+    img[: H // 2, : W // 2, 0] = (i % 32) * 8
+    img[: H // 2, : W // 2, 1] = (i // 32) * 16
     img[H // 2 :, W // 2 :, 2] = 200
     return img
 
@@ -30,7 +30,7 @@ def frame_index(rgb: np.ndarray) -> int:
     """Inverse of :func:`frame_image` on a (possibly downscaled) decoded frame."""
     h, w = rgb.shape[:2]
     block = rgb[h // 8 : h // 2 - h // 8, w // 8 : w // 2 - w // 8].reshape(-1, 3).mean(axis=0)
-    return int(round(block[1] / 32)) * 64 + int(round(block[0] / 4))
+    return int(round(block[1] / 16)) * 32 + int(round(block[0] / 8))
 
 
 def write_media(
