@@ -24,8 +24,8 @@ facenet-pytorch is imported when the first detector is built, never at module im
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -148,7 +148,7 @@ class FaceDetector:
         if crop_size < 8:
             raise BadInput(f"face crop_size must be at least 8 pixels, got {crop_size}")
         if detect_side < 24:
-            raise BadInput(f"detect_side must be at least 24 pixels (MTCNN's smallest input), got {detect_side}")
+            raise BadInput(f"detect_side must be >= 24 pixels (MTCNN's smallest input), got {detect_side}")
         if not 0.0 <= min_prob <= 1.0:
             raise BadInput(f"min_prob must be in [0, 1], got {min_prob}")
         if margin < 0:

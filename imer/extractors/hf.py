@@ -9,8 +9,9 @@ lives here:
   transformers raises ``OSError``; we turn it into :class:`~imer.errors.BadInput` that names the
   model and says what to do (a local folder, a run with network access once, or an offline backend).
 * **Layers and pooling**: :func:`combine_layers` picks hidden states by index (``0`` is the
-  embedding output, ``-1`` the last layer) and sums or averages them; :func:`masked_sum` pools
-  only over valid frames/tokens.
+  input of the first transformer layer, i.e. the embeddings; ``-1`` is always the model's output,
+  ``last_hidden_state``, in every transformers version) and sums or averages them;
+  :func:`masked_mean` / :func:`masked_sum` pool only over valid frames/tokens.
 * **Batching**: :func:`length_sorted_batches` groups inputs of similar length (less padding);
   callers write results back by index, so the output order is the input order.
 * **Device and precision** (:class:`HFExtractor`): the model is moved to ``self.device`` once;
@@ -73,7 +74,9 @@ def parse_layers(layers: Any, what: str) -> tuple[int, ...]:
     try:
         out = tuple(int(i) for i in layers)
     except (TypeError, ValueError):
-        raise BadInput(f"{what}: layers must be a list of hidden-state indices, e.g. [-4, -3, -2, -1]; got {layers!r}") from None
+        raise BadInput(
+            f"{what}: layers must be a list of hidden-state indices, e.g. [-4, -3, -2, -1]; got {layers!r}"
+        ) from None
     if not out:
         raise BadInput(f"{what}: layers must name at least one hidden state, e.g. [-1]")
     return out
@@ -126,7 +129,8 @@ def load_pretrained(auto_class: str, model: str, what: str, offline_hint: str = 
         return cls.from_pretrained(src, **kwargs)
     except ValueError as e:  # e.g. no tokenizer files, or a model type transformers does not know
         if local:
-            raise BadInput(f"{what}: folder {src!r} has no loadable {_PART.get(auto_class, auto_class)} ({_first_line(e)})") from None
+            part = _PART.get(auto_class, auto_class)
+            raise BadInput(f"{what}: folder {src!r} has no loadable {part} ({_first_line(e)})") from None
         raise BadInput(f"{what}: {model!r} cannot be loaded with {auto_class} ({_first_line(e)})") from None
     except OSError as e:
         first = _first_line(e)
@@ -163,14 +167,29 @@ def _first_line(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------- layers and pooling
-def combine_layers(hidden_states: Sequence[Any], layers: Sequence[int], how: str) -> Any:
-    """[B, T, D] fp32: the chosen hidden states summed (``"sum"``) or averaged (``"mean"``)."""
+def combine_layers(output: Any, layers: Sequence[int], how: str) -> Any:
+    """[B, T, D] fp32: the chosen hidden states of a model ``output``, summed or averaged.
+
+    Index ``-1`` (and ``n - 1``) always means ``last_hidden_state``, the model's output after any
+    final layer norm. transformers 4.x put exactly that last in ``hidden_states``; 5.x records the
+    last layer's output *before* the final norm of pre-LN models (wav2vec2 large lv60, HuBERT and
+    WavLM large). Substituting keeps a config's meaning the same under both.
+    """
+    if list(layers) == [-1]:  # the common case: no need to ask for every hidden state
+        return output.last_hidden_state.float()
+    states = list(output.hidden_states)
+    states[-1] = output.last_hidden_state
     if len(layers) == 1:
-        return hidden_states[layers[0]].float()
+        return states[layers[0]].float()
     import torch
 
-    stacked = torch.stack([hidden_states[i].float() for i in layers], 0)  # (n_layers, B, T, D)
+    stacked = torch.stack([states[i].float() for i in layers], 0)  # (n_layers, B, T, D)
     return stacked.sum(0) if how == "sum" else stacked.mean(0)
+
+
+def wants_hidden_states(layers: Sequence[int]) -> bool:
+    """Whether ``output_hidden_states=True`` is needed (not for the last layer alone)."""
+    return list(layers) != [-1]
 
 
 def masked_sum(x: Any, mask: Any) -> tuple[Any, Any]:
@@ -306,7 +325,6 @@ def embed_texts(
     model = ext._model
     cfg = ext.config
     out = np.zeros((len(texts), ext.dim), np.float32)
-    last_only = list(layers) == [-1]  # last_hidden_state is hidden_states[-1]; skip the others
     with ext._inference():
         for idx in length_sorted_batches([len(t) for t in texts], cfg.batch_size):
             enc = tokenizer(
@@ -319,8 +337,8 @@ def embed_texts(
             )
             special = enc.pop("special_tokens_mask", None)
             enc = enc.to(ext.torch_device)
-            res = model(**enc, output_hidden_states=not last_only)
-            hidden = res.last_hidden_state.float() if last_only else combine_layers(res.hidden_states, layers, layer_pool)
+            res = model(**enc, output_hidden_states=wants_hidden_states(layers))
+            hidden = combine_layers(res, layers, layer_pool)  # (B, T, D)
             mask = enc["attention_mask"]  # (B, T)
             if skip_special:
                 content = mask.bool() & ~special.to(mask.device).bool()

@@ -115,8 +115,8 @@ class SpatialGate(nn.Module):
 class CBAM(nn.Module):
     def __init__(self, gate_channels: int, reduction_ratio: int = 16):
         super().__init__()
-        self.ChannelGate = ChannelGate(gate_channels, reduction_ratio)  # noqa: N815 (checkpoint key)
-        self.SpatialGate = SpatialGate()  # noqa: N815 (checkpoint key)
+        self.ChannelGate = ChannelGate(gate_channels, reduction_ratio)
+        self.SpatialGate = SpatialGate()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.SpatialGate(self.ChannelGate(x))
@@ -272,7 +272,9 @@ class MANet(nn.Module):
         return self.fc_1(local), self.fc_2(glob)
 
 
-def _make_layer(block: type[nn.Module], inplanes: int, planes: int, blocks: int, stride: int = 1, **kw) -> nn.Sequential:
+def _make_layer(
+    block: type[nn.Module], inplanes: int, planes: int, blocks: int, stride: int = 1, **kw
+) -> nn.Sequential:
     downsample = None
     if stride != 1 or inplanes != planes:
         downsample = nn.Sequential(conv1x1(inplanes, planes, stride), nn.BatchNorm2d(planes))

@@ -259,8 +259,11 @@ def test_audio_layer_options(audio_dirs, waves) -> None:
     assert np.abs(last - second).max() > 1e-3
     two = _stack(build_extractor("wav2vec2", {"model": d, "layers": [-2, -1]}).extract(waves))
     np.testing.assert_allclose(two, (last + second) / 2, rtol=1e-5, atol=1e-5)
+    bad = build_extractor("wav2vec2", {"model": d, "layers": [-5]})
     with pytest.raises(BadInput, match="4 hidden states"):
-        build_extractor("wav2vec2", {"model": d, "layers": [-5]}).load()
+        bad.load()
+    with pytest.raises(BadInput, match="4 hidden states"):  # still refused, not half-loaded
+        bad.extract(waves[:1])
 
 
 def test_audio_without_feature_extractor_normalises(audio_dirs, waves) -> None:

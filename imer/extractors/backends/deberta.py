@@ -77,7 +77,7 @@ class DebertaExtractor(HFExtractor):
     offline_hint = "or use the offline text backend 'minilm'"
 
     def load(self) -> None:
-        if self._model is not None:
+        if self._loaded:  # the model itself is cached by _load_model, even if a check below failed
             return
         self._tokenizer = self._load("AutoTokenizer")
         self._load_model()

@@ -17,8 +17,8 @@ which is what tests, CI and first runs need.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -86,7 +86,8 @@ class FaceprintExtractor(Extractor):
     def load(self) -> None:
         from imer.extractors.faces import FaceDetector
 
-        self._hog = require("skimage.feature", "scikit-image", "the faceprint descriptor (HOG)", "offline").hog
+        skfeature = require("skimage.feature", "scikit-image", "the faceprint descriptor (HOG)", "offline")
+        self._hog = skfeature.hog
         cfg = self.config
         self._detector = FaceDetector(
             crop_size=cfg.crop_size,

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,8 +48,9 @@ MANET_EMBED_DIM = 1024  # = imer.extractors.manet.EMBED_DIM (512 local + 512 glo
 
 CHECKPOINT_HELP = (
     "MA-Net has no model-hub entry: download the authors' RAF-DB checkpoint ('MA-Net RAF-DB', "
-    "a .pth/.pth.tar, linked from the README of https://github.com/zengqunzhao/MA-Net) and set the "
-    "manet extractor option checkpoint=/path/to/file (.pth, .pth.tar or .safetensors)"
+    "a .pth/.pth.tar, linked from the README of https://github.com/zengqunzhao/MA-Net) and pass it "
+    "as the manet option checkpoint (CLI: --set manet.checkpoint=/path/to/file; .pth, .pth.tar or "
+    ".safetensors)"
 )
 
 
@@ -76,7 +78,9 @@ class ManetConfig:
         if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
             raise BadInput(f"manet: mean and std need 3 values each, std > 0; got {self.mean}, {self.std}")
         if self.input_size < 64 or self.input_size % 16:
-            raise BadInput(f"manet: input_size must be a multiple of 16 and >= 64 (official: 224), got {self.input_size}")
+            raise BadInput(
+                f"manet: input_size must be a multiple of 16 and >= 64 (official: 224), got {self.input_size}"
+            )
         if self.batch_size < 1:
             raise BadInput(f"manet: batch_size must be >= 1, got {self.batch_size}")
 
@@ -117,7 +121,14 @@ def _unpickler_reason(err: Exception) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def read_checkpoint(path: str | Path) -> dict[str, "torch.Tensor"]:
+def _looks_like_safetensors(path: Path) -> bool:
+    """safetensors files start with an 8-byte header length and then the JSON header's '{'."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict in ``path`` with a leading ``module.`` (DataParallel) removed.
 
     Accepts a bare state dict or a training checkpoint with a ``state_dict`` entry, as
@@ -128,12 +139,13 @@ def read_checkpoint(path: str | Path) -> dict[str, "torch.Tensor"]:
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path}: MA-Net checkpoint not found. {CHECKPOINT_HELP}")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             obj: Any = load_file(str(path), device="cpu")
-        except Exception as err:  # safetensors raises its own error types for corrupt headers
+        except (SafetensorError, OSError, ValueError) as err:
             raise BadInput(f"{path}: not a readable safetensors file ({err})") from None
     else:
         try:
@@ -141,8 +153,8 @@ def read_checkpoint(path: str | Path) -> dict[str, "torch.Tensor"]:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
             raise BadInput(
-                f"{path}: refused by torch.load(weights_only=True): {_unpickler_reason(err)}. imer loads .pth files "
-                "only as plain tensors. Convert it once, in an environment you trust, e.g. "
+                f"{path}: refused by torch.load(weights_only=True): {_unpickler_reason(err)}. "
+                "imer loads .pth files only as plain tensors. Convert it once, in an environment you trust, e.g. "
                 "python -c \"import torch; c = torch.load('IN.pth', map_location='cpu', weights_only=False); "
                 "torch.save(c.get('state_dict', c), 'OUT.pth')\", or save it as .safetensors"
             ) from None
@@ -157,11 +169,12 @@ def read_checkpoint(path: str | Path) -> dict[str, "torch.Tensor"]:
         raise BadInput(
             f"{path}: expected a state dict (name -> tensor) or a checkpoint with a 'state_dict' entry"
         )
-    prefix = "module."
-    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in obj.items()}
+    return {k.removeprefix("module."): v for k, v in obj.items()}  # DataParallel's prefix
 
 
-def check_state_dict(state: Mapping[str, "torch.Tensor"], expected: Mapping[str, tuple[int, ...]], source: str) -> None:
+def check_state_dict(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], source: str
+) -> None:
     """Raise BadInput naming missing, unexpected and mis-shaped keys (strict matching)."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -186,15 +199,15 @@ def check_state_dict(state: Mapping[str, "torch.Tensor"], expected: Mapping[str,
     hint = "this file is not an MA-Net checkpoint with the official key layout"
     fc = state.get("fc_1.weight")
     if not (missing or unexpected) and fc is not None and all(k.startswith("fc_") for k in mis_shaped):
+        celeb = " (the MS-Celeb-1M pre-training checkpoint, not the RAF-DB one)" if fc.shape[0] == 12666 else ""
         hint = (
-            f"the classifier has {fc.shape[0]} classes"
-            + (" (the MS-Celeb-1M pre-training checkpoint, not the RAF-DB one)" if fc.shape[0] == 12666 else "")
-            + f"; set the manet option num_classes={fc.shape[0]} or use the RAF-DB checkpoint"
+            f"the classifier has {fc.shape[0]} classes{celeb}; "
+            f"set the manet option num_classes={fc.shape[0]} or use the RAF-DB checkpoint"
         )
     raise BadInput(f"{source}: {'; '.join(parts)}; {hint}")
 
 
-def load_manet(path: str | Path, num_classes: int = 7, reverse_second_cascade: bool = True) -> "MANet":
+def load_manet(path: str | Path, num_classes: int = 7, reverse_second_cascade: bool = True) -> MANet:
     """MANet with the checkpoint's weights, loaded with strict key matching, in eval mode (CPU)."""
     from imer.extractors.manet import MANet, expected_state_dict_keys
 

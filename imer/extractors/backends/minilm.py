@@ -71,7 +71,7 @@ class MinilmExtractor(HFExtractor):
         return (-1,) if self.config.layer == "last" else (int(self.config.layer),)
 
     def load(self) -> None:
-        if self._model is not None:
+        if self._loaded:  # the model itself is cached by _load_model, even if a check below failed
             return
         require("transformers", "transformers", "the minilm text backend", "offline")
         self._tokenizer = self._load("AutoTokenizer")

@@ -26,7 +26,12 @@ Choices, and why:
   ``ceil(len / chunk)`` near-equal chunks (each <= ``chunk_seconds``, none a tiny tail), each
   normalised and encoded on its own; the utterance vector is the mean over all frames of all
   chunks, i.e. chunks weighted by their frame counts. ``None`` never chunks.
-* Audio too short to yield one frame (25 ms for wav2vec2) is ``Missing(SILENT_AUDIO)``.
+* **Layer indices**: ``-1`` is the model's output (``last_hidden_state``, after the final layer
+  norm of the large lv60 / HuBERT / WavLM large models), ``-2`` the layer before, and so on;
+  ``0`` is the input of the first transformer layer. See ``imer.extractors.hf.combine_layers``
+  for why ``-1`` is pinned (transformers 4 and 5 disagree about ``hidden_states[-1]``).
+* Audio too short to yield one frame (25 ms for wav2vec2) is ``Missing(SILENT_AUDIO)``;
+  ``None`` is ``Missing(NO_AUDIO_TRACK)``, non-finite samples ``Missing(UNREADABLE)``.
 
 Departures from the community ``wav2vec-large-c-UTT`` features (ComP's released IEMOCAP set):
 those are fairseq wav2vec **1.0** large context features (512-d), which transformers cannot load;
@@ -56,6 +61,7 @@ from imer.extractors.hf import (
     pad_1d,
     parse_layers,
     runtime_field,
+    wants_hidden_states,
 )
 from imer.types import Modality, MissingReason
 
@@ -73,7 +79,8 @@ class Wav2Vec2Config:
     # pre-trained-only checkpoint (facebook/wav2vec2-large-lv60, microsoft/wavlm-large) with middle
     # layers is a good alternative: set model= and layers=.
     model: str = "facebook/wav2vec2-large-960h-lv60-self"
-    layers: tuple[int, ...] = (-4, -3, -2, -1)  # hidden-state indices (0 = CNN/projection output)
+    # Hidden-state indices: 0 = input to the first transformer layer, -1 = the model's output.
+    layers: tuple[int, ...] = (-4, -3, -2, -1)
     layer_pool: str = "mean"  # "mean" or "sum" of the chosen layers (ComP's DeBERTa features sum)
     time_pool: str = "mean"  # over valid frames; the only option (the community "UTT" features)
     chunk_seconds: float | None = 20.0  # longer audio is encoded in chunks; None: never chunk
@@ -88,7 +95,9 @@ class Wav2Vec2Config:
         check_positive(self.batch_size, "batch_size", what)
         if self.chunk_seconds is not None:
             if not isinstance(self.chunk_seconds, (int, float)) or not self.chunk_seconds >= 0.1:
-                raise BadInput(f"{what}: chunk_seconds must be at least 0.1 (or null: never chunk); got {self.chunk_seconds!r}")
+                raise BadInput(
+                    f"{what}: chunk_seconds must be at least 0.1 (or null: never chunk); got {self.chunk_seconds!r}"
+                )
             object.__setattr__(self, "chunk_seconds", float(self.chunk_seconds))
 
 
@@ -109,12 +118,14 @@ class Wav2Vec2Extractor(HFExtractor):
     offline_hint = "or use the offline audio backend 'egemaps'"
 
     def load(self) -> None:
-        if self._model is not None:
+        if self._loaded:  # the model itself is cached by _load_model, even if a check below failed
             return
         model = self._load_model()
         cfg = model.config
         if not hasattr(model, "_get_feat_extract_output_lengths"):
-            raise BadInput(f"wav2vec2: {self.config.model!r} ({type(model).__name__}) is not a wav2vec2-style audio encoder")
+            raise BadInput(
+                f"wav2vec2: {self.config.model!r} ({type(model).__name__}) is not a wav2vec2-style audio encoder"
+            )
         check_layers(self.config.layers, self._n_hidden_states(), "wav2vec2")
         # The large lv60 family ("layer") is exact under padding + attention mask; "group" is not.
         self._use_mask = getattr(cfg, "feat_extract_norm", "group") == "layer"
@@ -124,10 +135,13 @@ class Wav2Vec2Extractor(HFExtractor):
         except BadInput:
             fe = None  # no preprocessor_config.json: normalise as Wav2Vec2FeatureExtractor does
         if fe is not None and getattr(fe, "sampling_rate", SAMPLE_RATE) != SAMPLE_RATE:
-            raise BadInput(f"wav2vec2: {self.config.model!r} expects {fe.sampling_rate} Hz audio; imer decodes to {SAMPLE_RATE} Hz")
+            raise BadInput(
+                f"wav2vec2: {self.config.model!r} expects {fe.sampling_rate} Hz audio; imer decodes to {SAMPLE_RATE} Hz"
+            )
         self._fe = fe
         if self.config.chunk_seconds is not None and self.config.chunk_seconds * SAMPLE_RATE < 2 * self._min_samples:
-            raise BadInput(f"wav2vec2: chunk_seconds={self.config.chunk_seconds} is shorter than two model frames")
+            need = 2 * self._min_samples / SAMPLE_RATE
+            raise BadInput(f"wav2vec2: chunk_seconds={self.config.chunk_seconds} is too short for this model (>= {need:.3f})")
         self._loaded = True
 
     @staticmethod
@@ -196,10 +210,8 @@ class Wav2Vec2Extractor(HFExtractor):
                 if self._use_mask:
                     am = torch.arange(wav.shape[1])[None, :] < lens_t[:, None]  # (B, L)
                     kwargs["attention_mask"] = am.long().to(self.torch_device)
-                last_only = list(self.config.layers) == [-1]
-                res = self._model(wav_t, output_hidden_states=not last_only, **kwargs)
-                hidden = (res.last_hidden_state.float() if last_only
-                          else combine_layers(res.hidden_states, self.config.layers, self.config.layer_pool))  # (B, T, D)
+                res = self._model(wav_t, output_hidden_states=wants_hidden_states(self.config.layers), **kwargs)
+                hidden = combine_layers(res, self.config.layers, self.config.layer_pool)  # (B, T, D)
                 n_valid = self._model._get_feat_extract_output_lengths(lens_t).to(hidden.device)  # (B,)
                 valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < n_valid[:, None]  # (B, T)
                 s, c = masked_sum(hidden, valid)
