@@ -38,16 +38,14 @@ def bar(description: str, quiet: bool = False) -> Iterator[Callable[[int, int], 
         yield update
 
 
-class TrainProgress:
-    """One bar per training stage; the info column shows loss and the selection metric."""
+class _Display:
+    """A rich Progress shown on stderr, or nothing when ``quiet`` (JSON output)."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
         self.p: Progress | None = None
-        self.task = None
-        self.eval_task = None
 
-    def __enter__(self) -> "TrainProgress":
+    def __enter__(self):
         if not self.quiet:
             self.p = _progress()
             self.p.__enter__()
@@ -56,6 +54,15 @@ class TrainProgress:
     def __exit__(self, *exc) -> None:
         if self.p is not None:
             self.p.__exit__(*exc)
+
+
+class TrainProgress(_Display):
+    """One bar per training stage; the info column shows loss and the selection metric."""
+
+    def __init__(self, quiet: bool = False):
+        super().__init__(quiet)
+        self.task = None
+        self.eval_task = None
 
     def update(self, event: dict) -> None:
         if self.p is None:
@@ -78,23 +85,12 @@ class TrainProgress:
         self.p.update(self.eval_task, completed=done, total=total)
 
 
-class StageProgress:
+class StageProgress(_Display):
     """One bar per named stage, created on first report: ``update(stage, done, total)``."""
 
     def __init__(self, quiet: bool = False):
-        self.quiet = quiet
-        self.p: Progress | None = None
+        super().__init__(quiet)
         self.tasks: dict[str, object] = {}
-
-    def __enter__(self) -> "StageProgress":
-        if not self.quiet:
-            self.p = _progress()
-            self.p.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.p is not None:
-            self.p.__exit__(*exc)
 
     def update(self, stage: str, done: int, total: int) -> None:
         if self.p is None:
