@@ -131,7 +131,7 @@ class FaceDetector:
             stay at their defaults, 0.6/0.7/0.7; this is the final acceptance test).
         min_face_size: MTCNN's smallest face, in *detection* pixels (after the downscale).
         detect_side: frames are shrunk so the longer side is at most this for detection.
-        batch_frames: frames per MTCNN call (memory bound; MTCNN pads nothing, so any size works).
+        batch_frames: frames per MTCNN call (bounds memory; results do not depend on it).
         device: torch device for MTCNN.
     """
 

@@ -16,24 +16,26 @@ Shape of the network (input 224x224):
 * training loss: ``beta * CE(fc_1) + (1 - beta) * CE(fc_2)``, beta = 0.6 (official ``main.py``).
 
 The embedding used for features is ``cat([local 512-d, global 512-d])`` (1024-d): the input of the
-two classifiers, branch 1 first, as in the MERTools/GCNet ``extract_manet_embedding.py`` that made
-the community ``manet_UTT`` files (``model(x, return_embedding=True)``).
+two classifiers, branch 1 first, as in the ``return_embedding=True`` variant of ``MANet`` that the
+GCNet/MERTools ``extract_manet_embedding.py`` scripts call to make the community ``manet_UTT``
+files (Resize 224 + ToTensor, ``module.`` stripped, mean over a video's faces).
 
 Key layout (what makes the authors' checkpoint load with strict matching): module and parameter
-names follow the official ``model/manet.py`` (repository zengqunzhao/MA-Net, commit 923fa6c) and
-its ``model/attention.py`` CBAM (read here from the copy in zeroQiaoba/MERTools
-``feature_extraction/visual/manet/model/attention.py``, which is the standard CBAM module of
-Park et al.: ``cbam.ChannelGate.mlp.{1,3}`` Linear layers, ``cbam.SpatialGate.spatial.{conv,bn}``).
+names follow the official ``model/manet.py`` (repository zengqunzhao/MA-Net, the version at commit
+923fa6c) and its ``model/attention.py`` CBAM (read here from the verbatim copy in zeroQiaoba/MERTools
+``feature_extraction/visual/manet/model/attention.py``: the standard CBAM code of Woo et al. 2018,
+``cbam.ChannelGate.mlp.{1,3}`` Linear layers, ``cbam.SpatialGate.spatial.{conv,bn}``).
 Checkpoints from the official ``main.py`` are wrapped in DataParallel, so their keys start with
 ``module.``; the loader strips it. ``expected_state_dict_keys`` lists every key and shape. The
 names are certain (read from the source, not recalled); what is *not* certain:
 
-* ``MulScaleBlock``'s second cascade: commit 923fa6c runs it from the last channel group to the
-  first (``sp_x[3] -> sp_x[0]``); several copies of earlier versions (e.g. MERTools's) run it in the
-  same ``sp_x[0] -> sp_x[3]`` order as the first cascade. Parameter names and shapes are identical,
-  so both load strictly, but the global branch's activations differ. ``reverse_second_cascade``
-  selects the order (default: the official repository's current code); which order the released
-  RAF-DB checkpoint was trained with could not be checked without it.
+* ``MulScaleBlock``'s second cascade: the official file at 923fa6c runs it from the last channel
+  group to the first (``sp_x[3] -> sp_x[0]``); several third-party copies of the block (e.g. the
+  ``block_visual.py`` that also carries the ``return_embedding`` variant) run it in the same
+  ``sp_x[0] -> sp_x[3]`` order as the first cascade, presumably from an earlier version. Names and
+  shapes are identical, so both load strictly, but the global branch's activations differ.
+  ``reverse_second_cascade`` selects the order (default: the official file); which order the
+  released RAF-DB checkpoint was trained with cannot be checked without the checkpoint and RAF-DB.
 * The attention module's file was read from a verbatim copy, not from the official repository.
 
 Departures: the four local patches are the quadrants of whatever ``layer2`` returns (the official
