@@ -70,7 +70,7 @@ def _decode_settings(decode: Any, modality: Modality) -> dict:
     if modality == Modality.AUDIO:
         return {k: d[k] for k in ("sample_rate", "silence_rms") if k in d}
     if modality == Modality.VIDEO:
-        return {k: d[k] for k in ("fps", "max_frames", "max_side") if k in d}
+        return {k: d[k] for k in ("fps", "max_frames", "max_side", "skip_nonref") if k in d}
     return {}
 
 

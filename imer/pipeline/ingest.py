@@ -173,7 +173,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     transcript: a transcript column with an empty cell means the transcript is "". With no
     transcript column at all, the text comes from the media file's sidecar. For a row with a
     segment, that is the text of the cues whose midpoint falls in the segment. Without an
-    ``order`` column, rows are numbered within their dialogue in file order.
+    ``order`` column, rows are numbered within their dialogue in file order. CSV cells stay
+    strings (a label "1.5" is the string "1.5"); the task spec decides what labels mean.
     """
     path = Path(path)
     if not path.is_file():
@@ -227,10 +228,10 @@ def _json_rows(path: Path, text: str, lines: bool) -> list[tuple[int, dict[str, 
         raise BadInput(f"{path}: invalid JSON ({e})") from e
     if isinstance(data, dict):
         if "utterances" not in data:
-            raise BadInput(f"{path}: expected a list of objects or {{\"utterances\": [...]}}")
+            raise BadInput(f'{path}: expected a list of objects or {{"utterances": [...]}}')
         data = data["utterances"]
     if not isinstance(data, list):
-        raise BadInput(f"{path}: expected a list of objects or {{\"utterances\": [...]}}")
+        raise BadInput(f'{path}: expected a list of objects or {{"utterances": [...]}}')
     rows = []
     columns: set[str] = set()
     for k, item in enumerate(data, 1):
@@ -266,7 +267,7 @@ def _check_columns(path: Path, columns: list[str]) -> None:
 def _parse_time(value: Any) -> float:
     """Seconds from a number or "[HH:]MM:SS[.,]mmm"."""
     if isinstance(value, bool):
-        raise ValueError("boolean")
+        raise ValueError("boolean")  # noqa: TRY004 - reported to the user as BadInput
     if isinstance(value, (int, float)):
         t = float(value)
     else:
@@ -286,81 +287,77 @@ def _empty(v: Any) -> bool:
     return v is None or (isinstance(v, str) and not v.strip())
 
 
+def _cell(row: dict[str, Any], canon: dict[str, str], name: str) -> Any:
+    """The value of canonical column ``name`` in ``row``; blank -> None, strings stripped."""
+    col = canon.get(name)
+    v = row.get(col) if col is not None else None
+    return None if _empty(v) else (v.strip() if isinstance(v, str) else v)
+
+
+def _row_to_utterance(row: dict[str, Any], base: Path, loc: str) -> Utterance:
+    """One manifest row -> Utterance (id may be "" and is filled in from the path later)."""
+    canon = _canonical(list(row))  # per row: JSON objects may use different aliases
+    raw_path = _cell(row, canon, "path")
+    source = None
+    if raw_path is not None:
+        p = Path(str(raw_path))
+        source = Path(os.path.normpath(p if p.is_absolute() else base / p))
+    uid = _cell(row, canon, "id")
+    if uid is None and source is None:
+        raise BadInput(f"{loc}: no media path and no id; give at least one")
+    times: dict[str, float | None] = {}
+    for name in ("start", "end"):
+        v = _cell(row, canon, name)
+        try:
+            times[name] = None if v is None else _parse_time(v)
+        except ValueError:
+            raise BadInput(f"{loc}: {name} {v!r} is not a time in seconds (or HH:MM:SS.mmm)") from None
+    start, end = times["start"], times["end"]
+    if end is not None and end <= (start or 0.0):
+        raise BadInput(f"{loc}: end ({end:g}) must be after start ({start or 0.0:g})")
+    order = 0
+    raw_order = _cell(row, canon, "order")
+    if raw_order is not None:
+        try:
+            as_float = float(str(raw_order))
+        except ValueError:
+            as_float = math.nan
+        if not as_float.is_integer():
+            raise BadInput(f"{loc}: order {raw_order!r} is not an integer")
+        order = int(as_float)
+    label = _cell(row, canon, "label")
+    if isinstance(label, (bool, list, dict)):
+        raise BadInput(f"{loc}: label {label!r} must be a string or a number")
+    transcript, tsource = _row_transcript(row, canon, source, start, end, loc)
+    mapped = set(canon.values())
+    return Utterance(
+        id=str(uid) if uid is not None else "",
+        source=source,
+        start=start,
+        end=end,
+        transcript=transcript,
+        transcript_source=tsource,
+        label=label,
+        speaker=_opt_str(_cell(row, canon, "speaker")),
+        dialogue=_opt_str(_cell(row, canon, "dialogue")),
+        order=order,
+        split=_opt_str(_cell(row, canon, "split")),
+        extra={c: (None if _empty(v) else v) for c, v in row.items() if c not in mapped},
+    )
+
+
 def _rows_to_utterances(path: Path, rows: list[tuple[int, dict[str, Any]]], where: str) -> list[Utterance]:
     base = path.parent.absolute()
-    columns = sorted({c for _, r in rows for c in r})
-    canon = _canonical(columns)
-    mapped = set(canon.values())
-    has_order = "order" in canon
-    utts: list[Utterance] = []
-    row_of: list[int] = []
-    for num, row in rows:
-        loc = f"{path}: {where} {num}"
-
-        def get(name: str) -> Any:
-            col = canon.get(name)
-            v = row.get(col) if col is not None else None
-            return None if _empty(v) else (v.strip() if isinstance(v, str) else v)
-
-        raw_path = get("path")
-        source = None
-        if raw_path is not None:
-            p = Path(str(raw_path))
-            source = Path(os.path.normpath(p if p.is_absolute() else base / p))
-        uid = get("id")
-        if uid is None and source is None:
-            raise BadInput(f"{loc}: no media path and no id; give at least one")
-        start = end = None
-        for name in ("start", "end"):
-            v = get(name)
-            if v is not None:
-                try:
-                    t = _parse_time(v)
-                except ValueError:
-                    raise BadInput(f"{loc}: {name} {v!r} is not a time in seconds (or HH:MM:SS.mmm)") from None
-                if name == "start":
-                    start = t
-                else:
-                    end = t
-        if end is not None and end <= (start or 0.0):
-            raise BadInput(f"{loc}: end ({end:g}) must be after start ({start or 0.0:g})")
-        order = 0
-        if has_order and get("order") is not None:
-            try:
-                order = int(float(str(get("order"))))
-            except ValueError:
-                raise BadInput(f"{loc}: order {get('order')!r} is not an integer") from None
-        label = get("label")
-        if isinstance(label, bool) or isinstance(label, (list, dict)):
-            raise BadInput(f"{loc}: label {label!r} must be a string or a number")
-        transcript, tsource = _row_transcript(row, canon, source, start, end, loc)
-        extra = {c: (None if _empty(v) else v) for c, v in row.items() if c not in mapped}
-        utts.append(
-            Utterance(
-                id=str(uid) if uid is not None else "",
-                source=source,
-                start=start,
-                end=end,
-                transcript=transcript,
-                transcript_source=tsource,
-                label=label,
-                speaker=_opt_str(get("speaker")),
-                dialogue=_opt_str(get("dialogue")),
-                order=order,
-                split=_opt_str(get("split")),
-                extra=extra,
-            )
-        )
-        row_of.append(num)
+    utts = [_row_to_utterance(row, base, f"{path}: {where} {num}") for num, row in rows]
     _ids_from_paths([u for u in utts if not u.id], base)
-    if not has_order:
+    if "order" not in _canonical(sorted({c for _, r in rows for c in r})):
         counters: dict[str, int] = defaultdict(int)
         for u in utts:
             if u.dialogue is not None:
                 u.order = counters[u.dialogue]
                 counters[u.dialogue] += 1
     first: dict[str, int] = {}
-    for u, num in zip(utts, row_of):
+    for u, (num, _) in zip(utts, rows):
         if u.id in first:
             raise BadInput(f"{path}: {where} {num}: duplicate id {u.id!r} (first at {where} {first[u.id]})")
         first[u.id] = num
@@ -521,7 +518,9 @@ def load_inputs(
 
     if Modality.AUDIO in media_want:
         if not info.has_audio:
-            status[Modality.AUDIO] = StreamStatus.missing(MissingReason.NO_AUDIO_TRACK, f"no audio track in {utt.source.name}")
+            status[Modality.AUDIO] = StreamStatus.missing(
+                MissingReason.NO_AUDIO_TRACK, f"no audio track in {utt.source.name}"
+            )
         elif problem:
             status[Modality.AUDIO] = StreamStatus.missing(MissingReason.OUT_OF_RANGE, problem)
         else:
@@ -535,7 +534,9 @@ def load_inputs(
 
     if Modality.VIDEO in media_want:
         if not info.has_video:
-            status[Modality.VIDEO] = StreamStatus.missing(MissingReason.NO_VIDEO_TRACK, f"no video track in {utt.source.name}")
+            status[Modality.VIDEO] = StreamStatus.missing(
+                MissingReason.NO_VIDEO_TRACK, f"no video track in {utt.source.name}"
+            )
         elif problem:
             status[Modality.VIDEO] = StreamStatus.missing(MissingReason.OUT_OF_RANGE, problem)
         else:

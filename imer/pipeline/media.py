@@ -135,7 +135,7 @@ def _frame_time(frame, stream, origin: float, fallback: float) -> float:
 
 def _seek(container, stream, t: float, origin: float) -> None:
     """Seek to the keyframe at or before ``t`` (s). PyAV flushes the decoders."""
-    container.seek(max(0, int(math.floor((t + origin) / stream.time_base))), stream=stream)
+    container.seek(max(0, math.floor((t + origin) / stream.time_base)), stream=stream)
 
 
 # -- public API --------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def decode_audio(
         # float downmix sums stereo at -3 dB each (L+R can reach 1.41, i.e. clip). Surround:
         # let libswresample downmix, since it weights the centre (speech) channel properly.
         channels = int(stream.channels or 1)
-        layout = stream.layout.name if channels <= 2 else "mono"
+        layout = {1: "mono", 2: "stereo"}.get(channels, "mono")
         resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
         chunks: list[np.ndarray] = []
         errors: list[str] = []
@@ -223,11 +223,11 @@ def decode_audio(
     if not chunks or t0 is None:
         return np.zeros(0, dtype=np.float32)
     samples = np.concatenate(chunks)
-    first = max(0, int(round((start - t0) * sample_rate)))
+    first = max(0, round((start - t0) * sample_rate))
     if end is None:
         samples = samples[first:]
     else:
-        samples = samples[first : first + int(round((end - start) * sample_rate))]
+        samples = samples[first : first + round((end - start) * sample_rate)]
     return np.clip(samples, -1.0, 1.0).astype(np.float32, copy=False)
 
 
@@ -244,7 +244,7 @@ def frame_targets(start: float, end: float, fps: float, max_frames: int) -> list
 
 def _target_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     scale = min(1.0, max_side / max(width, height))
-    return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def sample_frames(
@@ -352,7 +352,7 @@ def _pick_frames(
             if t >= seg_end:
                 if prev is not None:
                     chosen.setdefault(prev_t, prev)
-                elif not chosen and before is not None:
+                elif not chosen and before is not None and seg_start < before_t + step + 1e-6:
                     # The segment lies between two frame starts: the frame on screen at its start.
                     chosen[before_t] = before
                 return sorted(chosen.items(), key=lambda kv: kv[0])

@@ -7,6 +7,9 @@ charset-normalizer detects. Subtitle markup (``<i>``, ``{\\an8}``, ``<v Bob>``, 
 inline timestamps, HTML entities) is stripped from cue text. A WebVTT voice tag becomes the cue's
 ``speaker``.
 
+Each ``parse_*`` function takes the decoded text, ``source`` (stored as ``Transcript.source``)
+and ``where`` (the name its errors use, usually the file path).
+
 SRT goes through pysubs2. WebVTT is parsed here: pysubs2 drops ``<v>`` voices and keeps
 entities and inline timestamps, and the format is small and fully specified.
 """
@@ -238,7 +241,9 @@ def parse_json(text: str, source: str = "json", where: str | None = None) -> Tra
         try:
             start_f, end_f = float(start), float(end)
         except (TypeError, ValueError):
-            raise BadTranscript(f"{where or source}: segment {k} needs numeric 'start' and 'end' (seconds)") from None
+            raise BadTranscript(
+                f"{where or source}: segment {k} needs numeric 'start' and 'end' (seconds)"
+            ) from None
         plain, speaker = clean_cue_text(str(raw or ""))
         speaker = seg.get("speaker") or speaker
         cues.append(Cue(start_f, end_f, plain, str(speaker) if speaker is not None else None))
