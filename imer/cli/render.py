@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -84,7 +85,7 @@ def predictions_table(results) -> Table:
     for m in ("audio", "text", "video"):
         t.add_column(m)
     for r in results:
-        where = r.source or r.id
+        where = Path(r.source).name if r.source else r.id
         if r.start is not None or r.end is not None:
             where += f" [{r.start or 0:.2f}-{r.end if r.end is not None else 'end'}]"
         probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.probabilities.items(), key=lambda kv: -kv[1])[:4])
