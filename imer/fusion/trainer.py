@@ -18,7 +18,6 @@ epoch keeps runs reproducible and is the GCNet description), evaluation masks ar
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -231,7 +230,7 @@ def fit(
             improved = score > best_score or best_state is None
             if improved:
                 best_score, best_epoch, bad = score, epoch, 0
-                best_state = copy.deepcopy({k: v.detach().clone() for k, v in method.state_dict().items()})
+                best_state = {k: v.detach().clone() for k, v in method.state_dict().items()}
             else:
                 bad += 1
             record = {
