@@ -59,6 +59,36 @@ def run_one(method: str, fs, train_rate: float, args) -> dict:
     }
 
 
+# ComP Table 3 rows: (KP, PG, Cr, GM); all off = encoders concatenated.
+ABLATION_ROWS = [
+    (False, False, False, False),
+    (True, False, False, False),
+    (True, True, False, False),
+    (True, True, True, False),
+    (False, True, True, True),
+    (True, False, True, True),
+    (True, True, False, True),
+    (True, True, True, True),
+]
+
+
+def run_ablations(fs, args, results: list) -> None:
+    """Train comp once per Table-3 row at --train-missing-rate; WA per evaluation MR."""
+    base = json.loads(args.options) if args.options else {}
+    show = (0.0, 0.1, 0.3, 0.5, 0.7)
+    print(f"\n[comp ablations] trained at MR {args.train_missing_rate:.1f}; WA (%) at evaluation MR")
+    print(" KP PG Cr GM  " + " ".join(f"{r:>6.1f}" for r in show) + "   train s")
+    for kp, pg, cr, gm in ABLATION_ROWS:
+        args.options = json.dumps({**base, "use_kp": kp, "use_pg": pg, "use_cr": cr, "use_gm": gm})
+        res = run_one("comp", fs, args.train_missing_rate, args)
+        res["ablation"] = {"use_kp": kp, "use_pg": pg, "use_cr": cr, "use_gm": gm}
+        results.append(res)
+        wa = {r["missing_rate"]: r["WA"] for r in res["rows"] if r["condition"] is None}
+        marks = " ".join("●" if x else "○" for x in (kp, pg, cr, gm))
+        print(f" {marks}  " + " ".join(f"{100 * wa[r]:>6.2f}" for r in show) + f"   {res['seconds']:.0f}")
+    args.options = json.dumps(base)
+
+
 def fmt(rows: list[dict]) -> str:
     lines = [f"{'protocol':<10} {'MR ach.':>7} {'WA':>14} {'UA':>14}"]
     for r in rows:
@@ -86,6 +116,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--options", default="", help="JSON of method options, applied to every method")
+    ap.add_argument("--ablations", action="store_true", help="ComP's Table 3: train comp with each KP/PG/Cr/GM row")
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -100,6 +131,12 @@ def main() -> None:
         print(f"NOTE: {', '.join(standins)} features are STAND-INS, not IEMOCAP recordings: " + "; ".join(fs.extractors[m].get("note", "") for m in standins))
     print(f"selection on: {args.selection}" + ("  (official protocol: optimistic)" if args.selection == "test" else ""))
     results = []
+    if args.ablations:
+        run_ablations(fs, args, results)
+        if args.json_out:
+            args.json_out.parent.mkdir(parents=True, exist_ok=True)
+            args.json_out.write_text(json.dumps(results, indent=2, default=str))
+        return
     rates = [r for r in MISSING_RATES if r > 0] if args.per_rate else [args.train_missing_rate]
     for method in args.methods.split(","):
         per_method_rows = []
