@@ -122,12 +122,23 @@ class Predictor:
             from imer.pipeline.transcripts import read_sidecar
 
             text = read_sidecar(tp).text or ""
+        if start is not None and start < 0:
+            raise BadInput(f"--start {start}: must be >= 0 seconds")
+        if start is not None and end is not None and end <= start:
+            raise BadInput(f"--end {end} must be after --start {start}")
         utts = []
+        seen: dict[str, int] = {}
         for p in paths or []:
             p = Path(p)
             if not p.exists():
                 raise BadInput(f"{p}: no such file or folder")
-            utts.extend(discover(p, cues_as_utterances=False))
+            for u in discover(p, cues_as_utterances=False):
+                # Ids are relative to each given path: the same name under two paths gets a suffix.
+                k = seen.get(u.id, 0)
+                seen[u.id] = k + 1
+                if k:
+                    u.id = f"{u.id}~{k}"
+                utts.append(u)
         if not utts:
             if text is None:
                 raise BadInput("nothing to predict: give media paths and/or --text")
@@ -158,6 +169,10 @@ class Predictor:
         from imer.extractors.run import ExtractConfig, extract_features
         from imer.fusion.data import Batch
 
+        valid = {m.value for m in MODALITIES}
+        bad = sorted(set(disable) - valid)
+        if bad:
+            raise BadInput(f"cannot switch off {bad}: streams are {sorted(valid)}")
         off = {Modality(d) for d in disable}
         utts = self.utterances(paths, text, transcript, start, end)
         active = {m: ex for m, ex in self.extractors.items() if m not in off}
@@ -170,12 +185,12 @@ class Predictor:
                 holdout=0.0,
             )
             fs, _ = extract_features(utts, Path(tmp) / "store", cfg, progress=progress, extractors=active)
-        reasons = fs.reasons.copy()
+        reasons, details = fs.reasons.copy(), fs.details.copy()
         for j, m in enumerate(MODALITIES):
             if m in off:
-                reasons[:, j] = MissingReason.DISABLED.value
+                reasons[:, j], details[:, j] = MissingReason.DISABLED.value, "switched off"
             elif m not in self.extractors:
-                reasons[:, j] = MissingReason.DISABLED.value  # the model never saw this modality
+                reasons[:, j], details[:, j] = MissingReason.DISABLED.value, "the model was trained without this modality"
         dims = self.config["dims"]
         feats = {}
         for j, m in enumerate(MODALITY_NAMES):
@@ -198,7 +213,7 @@ class Predictor:
         results = []
         for i, u in enumerate(utts):
             streams = {
-                m: StreamUse(bool(fs.present[i, j]), str(reasons[i, j]), "") for j, m in enumerate(MODALITY_NAMES)
+                m: StreamUse(bool(fs.present[i, j]), str(reasons[i, j]), str(details[i, j])) for j, m in enumerate(MODALITY_NAMES)
             }
             if self.model.task.kind == TaskKind.CLASSIFICATION:
                 probs = torch.softmax(logits[i], -1).cpu().numpy()

@@ -226,6 +226,7 @@ def _compile(
     feats: dict[str, np.ndarray] = {}
     present = np.zeros((n, 3), dtype=bool)
     reasons = np.full((n, 3), MissingReason.DISABLED.value, dtype=object)
+    details = np.full((n, 3), "", dtype=object)
     for j, m in enumerate(MODALITIES):
         ex = extractors.get(m)
         if ex is None:
@@ -241,6 +242,7 @@ def _compile(
                 r = CachedMissing(MissingReason.UNREADABLE, "file could not be read")
             if isinstance(r, CachedMissing):
                 reasons[i, j] = r.reason.value
+                details[i, j] = r.detail
                 counts[r.reason.value] += 1
             else:
                 arr[i] = r
@@ -259,6 +261,7 @@ def _compile(
         feats=feats,
         present=present,
         reasons=reasons,
+        details=details,
         labels=labels,
         task=task,
         speakers=speakers,

@@ -92,7 +92,13 @@ def load_bundle(path: str | Path, device: str = "cpu") -> tuple[FusionMethod, St
     cfg = read_bundle_config(path)
     method = build_method(cfg["method"], cfg["dims"], TaskSpec.from_dict(cfg["task"]), cfg["method_config"])
     state = load_file(str(path / "model.safetensors"), device="cpu")
-    missing, unexpected = method.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = method.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches: config.json and the weights disagree
+        first = str(e).strip().splitlines()[-1].strip()
+        raise IncompatibleBundle(
+            f"{path}: the weights do not fit the model described by config.json ({first}); the bundle is damaged or was edited"
+        ) from None
     if missing or unexpected:
         raise IncompatibleBundle(
             f"{path}: weights do not match method {cfg['method']!r} "

@@ -44,6 +44,8 @@ class FeatureSet:
         task: what the labels mean.
         speakers, dialogues, splits: per-utterance strings (split in train/valid/test or "").
         order: int64 position of the utterance inside its dialogue.
+        details: optional str ``[N, 3]``: a human-readable detail per missing entry
+            (e.g. "RMS 2.1e-05 < 1e-03"); empty strings where there is none.
         extractors: modality -> description of the extractor that made the features
             (``{"name": ..., "config": {...}}``); carried into model bundles so that
             ``predict`` can rebuild exactly the same extractors.
@@ -60,6 +62,7 @@ class FeatureSet:
     order: np.ndarray
     splits: list[str]
     extractors: dict[str, dict] = field(default_factory=dict)
+    details: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
@@ -85,6 +88,11 @@ class FeatureSet:
         self.reasons = np.asarray(self.reasons, dtype=object)
         if self.reasons.shape != (n, 3):
             raise BadInput(f"reasons table has shape {self.reasons.shape}; expected [{n}, 3]")
+        if self.details is None:
+            self.details = np.full((n, 3), "", dtype=object)
+        self.details = np.asarray(self.details, dtype=object)
+        if self.details.shape != (n, 3):
+            raise BadInput(f"details table has shape {self.details.shape}; expected [{n}, 3]")
         self.order = np.asarray(self.order, dtype=np.int64)
         if self.order.shape != (n,):
             raise BadInput(f"order has shape {self.order.shape}; expected [{n}]")
@@ -118,6 +126,7 @@ class FeatureSet:
             feats={m: x[idx] for m, x in self.feats.items()},
             present=self.present[idx],
             reasons=self.reasons[idx],
+            details=self.details[idx],
             labels=self.labels[idx],
             task=self.task,
             speakers=pick(self.speakers),
@@ -239,6 +248,7 @@ def save_store(fs: FeatureSet, out: str | Path) -> Path:
                     "split": fs.splits[i],
                     "present": {m: bool(fs.present[i, j]) for j, m in enumerate(MODALITY_NAMES)},
                     "reason": {m: str(fs.reasons[i, j]) for j, m in enumerate(MODALITY_NAMES)},
+                    "detail": {m: str(fs.details[i, j]) for j, m in enumerate(MODALITY_NAMES) if fs.details[i, j]},
                 },
                 ensure_ascii=False,
             )
@@ -299,6 +309,7 @@ def load_store(path: str | Path) -> FeatureSet:
         feats=feats,
         present=np.array([[r["present"][m] for m in MODALITY_NAMES] for r in rows], dtype=bool).reshape(n, 3),
         reasons=np.array([[r["reason"][m] for m in MODALITY_NAMES] for r in rows], dtype=object).reshape(n, 3),
+        details=np.array([[r.get("detail", {}).get(m, "") for m in MODALITY_NAMES] for r in rows], dtype=object).reshape(n, 3),
         labels=labels,
         task=task,
         speakers=[r.get("speaker", "") or "" for r in rows],
