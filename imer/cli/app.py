@@ -212,6 +212,8 @@ def extract(
             raise BadInput(f"--set {item!r}: use BACKEND.KEY=VALUE, e.g. --set wav2vec2.layers=[-1]")
         from imer.fusion.base import parse_overrides
 
+        if backend not in EXTRACTORS:
+            raise BadInput(f"--set {item!r}: no backend {backend!r}; backends: {', '.join(EXTRACTORS.names())}")
         options.setdefault(backend, {}).update(parse_overrides([f"{field}={value}"]))
     for k, v in list(options.items()):
         options[k] = {f: (tuple(x) if isinstance(x, list) else x) for f, x in v.items()}

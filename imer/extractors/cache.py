@@ -61,7 +61,7 @@ class FeatureCache:
             try:
                 d = json.loads(j.read_text())
                 return CachedMissing(MissingReason(d["reason"]), d.get("detail", ""))
-            except (ValueError, KeyError, OSError):
+            except (ValueError, KeyError, TypeError, OSError):
                 return None
         return None
 

@@ -179,6 +179,8 @@ class FaceDetector:
 
         out: list[Face | None] = [None] * len(frames)
         for (h, w), indices in groups.items():
+            if min(h, w) < self.min_face_size:
+                continue  # too small to hold a face MTCNN can find (and MTCNN errors on it)
             for start in range(0, len(indices), self.batch_frames):
                 chunk = indices[start : start + self.batch_frames]
                 small = np.stack(

@@ -174,6 +174,8 @@ def extract_features(
         ex = extractors[m]
         ex.ensure_loaded()  # the model loads once per run, on first use
         outputs = ex.extract([inp for _, inp in batch])
+        if len(outputs) != len(batch):
+            raise BadInput(f"{ex.name} returned {len(outputs)} results for {len(batch)} inputs: a backend bug")
         for (job, _), res in zip(batch, outputs):
             value = CachedMissing(res.reason, res.detail) if isinstance(res, Missing) else np.asarray(res, np.float32)
             if not isinstance(value, CachedMissing) and value.shape != (ex.dim,):

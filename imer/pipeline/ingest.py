@@ -347,7 +347,7 @@ def _row_to_utterance(row: dict[str, Any], base: Path, loc: str) -> Utterance:
 
 
 def _rows_to_utterances(path: Path, rows: list[tuple[int, dict[str, Any]]], where: str) -> list[Utterance]:
-    base = path.parent.absolute()
+    base = Path(os.path.normpath(path.parent.absolute()))  # '..' in the manifest path must not leak into ids
     utts = [_row_to_utterance(row, base, f"{path}: {where} {num}") for num, row in rows]
     _ids_from_paths([u for u in utts if not u.id], base)
     if "order" not in _canonical(sorted({c for _, r in rows for c in r})):

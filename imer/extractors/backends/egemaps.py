@@ -25,6 +25,12 @@ class EgemapsConfig:
     feature_set: str = "eGeMAPSv02"  # or "ComParE_2016" (6373-d)
     sample_rate: int = 16000  # inputs arrive as 16 kHz mono from the pipeline
 
+    def __post_init__(self) -> None:
+        if self.feature_set not in _DIMS:
+            from imer.errors import BadInput
+
+            raise BadInput(f"egemaps: feature_set {self.feature_set!r}; choose one of {sorted(_DIMS)}")
+
 
 @register_extractor("egemaps")
 class EgemapsExtractor(Extractor):
@@ -37,10 +43,6 @@ class EgemapsExtractor(Extractor):
 
     def load(self) -> None:
         opensmile = require("opensmile", "opensmile", "the egemaps audio backend", "offline")
-        if self.config.feature_set not in _DIMS:
-            from imer.errors import BadInput
-
-            raise BadInput(f"egemaps: feature_set {self.config.feature_set!r}; choose one of {sorted(_DIMS)}")
         self._smile = opensmile.Smile(
             feature_set=getattr(opensmile.FeatureSet, self.config.feature_set),
             feature_level=opensmile.FeatureLevel.Functionals,
