@@ -129,3 +129,16 @@ def test_training_masks_are_redrawn_and_honour_real_gaps():
     # Whatever the protocol drew, really-missing streams stay missing (rows are shuffled: compare counts).
     for p in train_batches:
         assert int((p[:, 0, 1]).sum()) <= int((~really_missing[:, 1]).sum())
+
+
+@pytest.mark.parametrize("method", ["concat", "comp"])
+def test_mixed_precision_path_runs_on_cpu(monkeypatch, method):
+    """The GPU's bf16 autocast path, exercised with CPU autocast (CI has no GPU)."""
+    import imer.fusion.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "_autocast", lambda device, enabled: (torch.autocast("cpu", dtype=torch.bfloat16), torch.bfloat16))
+    fs = _data()
+    m = _model(method, fs)
+    res = fit(m, fs, TrainConfig(epochs=4, lr=3e-3, patience=None, batch_size=8, missing_rate=0.3))
+    assert all(np.isfinite(h["loss"]["total"]) for h in res.history)
+    assert all(p.dtype == torch.float32 for p in m.parameters())  # weights stay fp32 under autocast
