@@ -62,7 +62,15 @@ def _config_from_json(cls: type, cfg: dict) -> dict:
 class Predictor:
     """A model bundle plus its extractors, loaded once, applied to any number of clips."""
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", cache_dir: str | Path | None = None):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "auto",
+        cache_dir: str | Path | None = None,
+        disable: Iterable[str] = (),
+    ):
+        """``disable``: streams this predictor will never use; their models are not loaded
+        (their configs are still checked against the bundle)."""
         from imer.extractors.base import EXTRACTORS, resolve_device
         from imer.fusion.bundle import load_bundle
         from imer.pipeline.ingest import DecodeConfig
@@ -91,12 +99,14 @@ class Predictor:
                 raise IncompatibleBundle(f"{model_dir}: {m.value} extractor {name!r} config does not match this imer version ({e})") from None
             if int(spec.get("dim", ex.dim)) != ex.dim or ex.dim != int(self.config["dims"][m.value]):
                 raise IncompatibleBundle(f"{model_dir}: {m.value} extractor {name!r} gives {ex.dim}-d features, the model expects {self.config['dims'][m.value]}")
+            self.extractors[m] = ex
+            decode_kw.update(spec.get("decode", {}))
+            if m.value in set(disable):
+                continue
             try:
                 ex.ensure_loaded()  # fail now, before any media is decoded
             except ImerError as e:
                 raise IncompatibleBundle(f"{model_dir}: the {m.value} extractor {name!r} this model was trained with is not available here: {e}") from None
-            self.extractors[m] = ex
-            decode_kw.update(spec.get("decode", {}))
         fields = {f.name for f in dataclasses.fields(DecodeConfig)}
         self.decode = DecodeConfig(**{k: v for k, v in decode_kw.items() if k in fields})
 

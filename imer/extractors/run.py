@@ -37,6 +37,7 @@ class ExtractConfig:
     decode: Any = None  # imer.pipeline.ingest.DecodeConfig; None = defaults
     device: str = "auto"
     batch_size: int = 16
+    decode_workers: int = 2  # threads decoding ahead of the extractors (1 = no overlap)
     force: bool = False
     cache_dir: Path | None = None  # default: <out>/.cache
     holdout: float = 0.2  # share of speakers (or dialogues) put in 'test' when no split is given
@@ -102,7 +103,7 @@ def extract_features(
     ``extractors`` lets a long-lived caller (``Predictor``) pass already-loaded backends, so
     models load once per process; otherwise they are built from ``cfg.backends``.
     """
-    from imer.pipeline.ingest import DecodeConfig, file_hash, load_inputs
+    from imer.pipeline.ingest import DecodeConfig, file_hash
 
     if not utterances:
         raise BadInput("no utterances to extract (no media found and no manifest rows)")
@@ -135,13 +136,15 @@ def extract_features(
     sources = sorted({str(u.source) for u in utterances if u.source is not None})
     summary.files = len(sources)
     hashes: dict[str, str | None] = {}
-    for i, src in enumerate(sources):
+    # Media bytes key only audio/video entries: a text-only run never reads the media files.
+    needs_hash = sources if (Modality.AUDIO in extractors or Modality.VIDEO in extractors) else []
+    for i, src in enumerate(needs_hash):
         try:
             hashes[src] = file_hash(Path(src))
         except OSError:
             hashes[src] = None  # unreadable: decided (and recorded) by load_inputs below
         if progress:
-            progress("hashing", i + 1, len(sources))
+            progress("hashing", i + 1, len(needs_hash))
     hits: Counter = Counter()
     for job in jobs:
         u = job.utt
@@ -187,9 +190,8 @@ def extract_features(
         queues[m] = []
 
     todo = [j for j in jobs if any(m not in j.results for m in extractors)]
-    for i, job in enumerate(todo):
-        want = {m for m in extractors if m not in job.results}
-        inputs = load_inputs(job.utt, want, decode)
+    wants = [{m for m in extractors if m not in j.results} for j in todo]
+    for i, (job, want, inputs) in enumerate(_decode_ahead(todo, wants, decode, cfg.decode_workers, 2 * cfg.batch_size)):
         for m in want:
             status = inputs.status[m]
             if not status.present:
@@ -219,6 +221,31 @@ def extract_features(
     summary.splits = dict(Counter(fs.splits))
     summary.seconds = round(time.perf_counter() - t_start, 3)
     return fs, summary
+
+
+def _decode_ahead(todo: list[_Job], wants: list[set[Modality]], decode: Any, workers: int, window: int):
+    """Yield (job, want, inputs) in order while up to ``window`` later utterances decode in threads.
+
+    PyAV releases the GIL while decoding, so decoding the next files overlaps with the
+    extractors working on the current batch (the GPU is otherwise idle during decode).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imer.pipeline.ingest import load_inputs
+
+    if workers <= 1:
+        for job, want in zip(todo, wants):
+            yield job, want, load_inputs(job.utt, want, decode)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imer-decode") as pool:
+        pending = []
+        for job, want in zip(todo, wants):
+            pending.append((job, want, pool.submit(load_inputs, job.utt, want, decode)))
+            if len(pending) > window:
+                j, w, fut = pending.pop(0)
+                yield j, w, fut.result()
+        for j, w, fut in pending:
+            yield j, w, fut.result()
 
 
 def _compile(

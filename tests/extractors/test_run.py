@@ -318,9 +318,18 @@ def test_progress_is_reported(media, tmp_path):
     cfg = config(backends={A: None, T: "minilm", V: None})
     extract_features(media.fresh_utts(), tmp_path / "o", cfg, progress=lambda *a: seen.append(a))
     stages = {s for s, _, _ in seen}
-    assert stages == {"hashing", "extracting"}
+    # Text entries are keyed by the transcript: a text-only run never reads (hashes) the media.
+    assert stages == {"extracting"}
+    done = [(d, t) for s, d, t in seen if s == "extracting"]
+    assert done[-1][0] == done[-1][1] > 0
+
+
+def test_hashing_progress_when_media_is_needed(media, tmp_path):
+    seen = []
+    cfg = config(backends={A: "egemaps", T: None, V: None})
+    extract_features(media.fresh_utts(), tmp_path / "o", cfg, progress=lambda *a: seen.append(a))
     hashing = [(d, t) for s, d, t in seen if s == "hashing"]
-    assert hashing[-1][0] == hashing[-1][1] == len(media.expected) - 1
+    assert hashing and hashing[-1][0] == hashing[-1][1] == len(media.expected) - 1
 
 
 # ---------------------------------------------------------------------- second run, --force
