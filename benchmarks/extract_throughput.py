@@ -333,7 +333,7 @@ def bench_backend(
         notes.append(note)
     r = row(label or name, len(inputs), per_pass, sum(durations[: len(inputs)]), frames, note="; ".join(notes))
     r.update({"load_seconds": round(t_load, 3), "first_call_seconds": round(t_first, 3), "passes": passes})
-    del ex
+
     return r
 
 

@@ -38,6 +38,22 @@ EXTRACTORS: Registry[type["Extractor"]] = Registry("extractor", loader=_load_bac
 register_extractor = EXTRACTORS.register
 
 
+_RUNTIME = "runtime"
+
+
+def runtime_field(default: Any) -> Any:
+    """A config field that changes speed only (batch sizes): kept out of ``key()``/``describe()``,
+    so changing it neither re-extracts nor makes a bundle reject its own features."""
+    return dataclasses.field(default=default, metadata={_RUNTIME: True})
+
+
+def identity_config(config: Any) -> dict:
+    """The config fields that determine output values, JSON-normalised (tuples become lists),
+    so a description compares equal to itself read back from a store or bundle header."""
+    d = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if not f.metadata.get(_RUNTIME)}
+    return json.loads(json.dumps(d, default=str))
+
+
 @dataclass(frozen=True)
 class Missing:
     """An input the extractor could not turn into a feature (with the reason)."""
@@ -79,12 +95,12 @@ class Extractor:
 
     def describe(self) -> dict:
         """What bundles and stores record: enough to rebuild exactly this extractor."""
-        return {"name": self.name, "config": dataclasses.asdict(self.config), "dim": self.dim}
+        return {"name": self.name, "config": identity_config(self.config), "dim": self.dim}
 
     def key(self) -> str:
-        """Stable hash of name + full config + FEATURE_VERSION: the cache namespace."""
+        """Stable hash of name + value-determining config + FEATURE_VERSION: the cache namespace."""
         blob = json.dumps(
-            {"name": self.name, "config": dataclasses.asdict(self.config), "v": FEATURE_VERSION},
+            {"name": self.name, "config": identity_config(self.config), "v": FEATURE_VERSION},
             sort_keys=True,
             default=str,
         )

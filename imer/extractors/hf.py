@@ -28,34 +28,13 @@ Heavy libraries (torch, transformers) are imported inside functions, never at mo
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import json
 import os
 from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
 from imer.errors import BadInput
-from imer.extractors.base import FEATURE_VERSION, Extractor, require, resolve_device
-
-_RUNTIME = "runtime"
-
-
-def runtime_field(default: Any) -> Any:
-    """A config field that changes speed only (batch size): kept out of ``key()``/``describe()``."""
-    return dataclasses.field(default=default, metadata={_RUNTIME: True})
-
-
-def identity_config(config: Any) -> dict:
-    """The config fields that determine output values, JSON-normalised (tuples become lists).
-
-    JSON-normalised so a description compares equal to the same description read back from a
-    store or bundle header.
-    """
-    d = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if not f.metadata.get(_RUNTIME)}
-    return json.loads(json.dumps(d, default=str))
-
+from imer.extractors.base import Extractor, identity_config, require, resolve_device, runtime_field  # noqa: F401  (re-exported)
 
 def check_layers(layers: Sequence[int], n_hidden_states: int, what: str) -> None:
     """Every index must address one of the model's hidden states (0 = embeddings, -1 = last)."""
@@ -288,18 +267,6 @@ class HFExtractor(Extractor):
             yield
 
     # -- identity -----------------------------------------------------------------
-    def describe(self) -> dict:
-        """Name, the value-determining config (no batch size), dim."""
-        return {"name": self.name, "config": identity_config(self.config), "dim": self.dim}
-
-    def key(self) -> str:
-        """Like ``Extractor.key`` but without run-time-only fields (see module docstring)."""
-        blob = json.dumps(
-            {"name": self.name, "config": identity_config(self.config), "v": FEATURE_VERSION},
-            sort_keys=True,
-            default=str,
-        )
-        return hashlib.blake2b(blob.encode(), digest_size=10).hexdigest()
 
 
 def embed_texts(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imer.errors import BadInput
-from imer.extractors.base import Extractor, Missing, register_extractor, require, resolve_device
+from imer.extractors.base import Extractor, Missing, register_extractor, require, resolve_device, runtime_field
 from imer.types import MissingReason, Modality
 
 N_LANDMARKS = 5
@@ -40,7 +40,7 @@ class FaceprintConfig:
     min_prob: float = 0.9  # MTCNN probability a face must reach
     min_face_size: int = 20  # MTCNN minimum face, in detection pixels (after the downscale)
     detect_side: int = 320  # frames shrunk to this longer side for detection (speed)
-    batch_frames: int = 16  # frames per MTCNN call; a speed knob, the output does not depend on it
+    batch_frames: int = runtime_field(16)  # frames per MTCNN call; a speed knob, the output does not depend on it
 
     def __post_init__(self) -> None:
         if self.pixels_per_cell < 1 or self.cells_per_block < 1 or self.orientations < 1:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imer.errors import BadInput
-from imer.extractors.base import Extractor, Missing, register_extractor, resolve_device
+from imer.extractors.base import Extractor, Missing, register_extractor, resolve_device, runtime_field
 from imer.types import MissingReason, Modality
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -66,8 +66,8 @@ class ManetConfig:
     min_prob: float = 0.9  # MTCNN probability a face must reach
     min_face_size: int = 20  # MTCNN minimum face, in detection pixels
     detect_side: int = 320  # frames shrunk to this longer side for detection (speed)
-    batch_frames: int = 16  # frames per MTCNN call (speed knob)
-    batch_size: int = 32  # face crops per MA-Net forward (speed knob)
+    batch_frames: int = runtime_field(16)  # frames per MTCNN call (speed knob)
+    batch_size: int = runtime_field(32)  # face crops per MA-Net forward (speed knob)
 
     def __post_init__(self) -> None:
         # JSON round trips turn tuples into lists and paths into strings: normalise.
