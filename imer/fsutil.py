@@ -37,7 +37,7 @@ def commit_files(files: dict[Path, bytes], marker: Path) -> None:
     """
     temps: list[tuple[str, Path]] = []
     try:
-        for path, data in {**files}.items():
+        for path, data in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             temps.append((tmp, path))

@@ -129,8 +129,10 @@ def train(
 
     if missing_rate is not None and condition is not None:
         raise BadInput("give --missing-rate or --condition, not both")
-    options = json.loads(config.read_text()) if config else {}
-    options.update(parse_overrides(set_))
+    options = _read_options(config)
+    options.update(parse_overrides(set_, method))
+    if mask_seeds < 1:
+        raise BadInput("--mask-seeds must be at least 1")
     fs = load_store(data)
     cfg = TrainConfig(
         epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
@@ -190,6 +192,7 @@ def extract(
     holdout: Annotated[float, typer.Option(help="When the data names no split: share of speakers (or files) put in 'test'.")] = 0.2,
     no_cues: Annotated[bool, typer.Option("--no-cues", help="Do not split files into utterances at subtitle cues.")] = False,
     decode_workers: Annotated[int, typer.Option(help="Threads decoding media ahead of the extractors.")] = 2,
+    task: Annotated[str, typer.Option(help="How to read labels: auto (fractional numbers = regression), classification, regression.")] = "auto",
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -219,9 +222,9 @@ def extract(
             raise BadInput(f"--{m.value} {name!r}: choose none or one of {[n for n in EXTRACTORS.names() if EXTRACTORS.get(n).modality == m]}")
     options: dict[str, dict] = {}
     for item in set_:
-        key, _, value = item.partition("=")
-        backend, _, field = key.partition(".")
-        if not field or not _:
+        key, eq, value = item.partition("=")
+        backend, dot, field = key.partition(".")
+        if not (eq and dot and field):
             raise BadInput(f"--set {item!r}: use BACKEND.KEY=VALUE, e.g. --set wav2vec2.layers=[-1]")
         from imer.fusion.base import parse_overrides
 
@@ -231,9 +234,12 @@ def extract(
     for k, v in list(options.items()):
         options[k] = {f: (tuple(x) if isinstance(x, list) else x) for f, x in v.items()}
     _set_threads(threads)
+    if task not in ("auto", "classification", "regression"):
+        raise BadInput(f"--task {task!r}: use auto, classification or regression")
     cfg = ExtractConfig(
         backends={m: (None if n == "none" else n) for m, n in backends.items()},
         decode_workers=decode_workers,
+        task=task,
         options=options,
         decode=DecodeConfig(fps=fps, max_frames=max_frames),
         device=device,
@@ -321,6 +327,23 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------- helpers
+def _read_options(path: Path | None) -> dict:
+    """Method options from a JSON file (an object of option: value)."""
+    from imer.errors import BadInput
+
+    if path is None:
+        return {}
+    try:
+        options = json.loads(path.read_text())
+    except OSError as e:
+        raise BadInput(f"--config {path}: cannot read it ({e.strerror})") from None
+    except ValueError as e:
+        raise BadInput(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(options, dict):
+        raise BadInput(f"--config {path}: must be a JSON object of method options, e.g. {{\"momentum\": 0.3}}")
+    return options
+
+
 def _table(model, fs, seeds, batch_mode, batch_size, device, quiet) -> list[dict]:
     from imer.cli.progress import bar
     from imer.fusion.evaluation import evaluate_table

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from imer.devices import resolve_device  # noqa: F401  (backends import it from here)
 from imer.errors import BadInput, MissingDependency
 from imer.registry import Registry
 from imer.types import Modality, MissingReason
@@ -130,11 +131,3 @@ def require(module: str, package: str, purpose: str, extra: str | None = None):
         return importlib.import_module(module)
     except ImportError:
         raise MissingDependency(package, purpose, extra) from None
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device

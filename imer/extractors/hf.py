@@ -17,10 +17,9 @@ lives here:
 * **Device and precision** (:class:`HFExtractor`): the model is moved to ``self.device`` once;
   inference runs under ``torch.inference_mode``; fp16 autocast is used only on CUDA (CPU fp16 is
   slow and inaccurate), and pooling is always done in fp32.
-* **Identity** (:meth:`HFExtractor.describe`, :meth:`HFExtractor.key`): config fields marked
-  :func:`runtime_field` (``batch_size``) change speed, not values, so they are left out of the
-  cache key and of the description stored with features and bundles. Changing the batch size
-  therefore neither re-extracts nor makes a bundle refuse its own features.
+* **Identity**: ``batch_size`` is a :func:`~imer.extractors.base.runtime_field`: it changes speed,
+  not values, so :meth:`Extractor.key` and :meth:`Extractor.describe` leave it out. Changing the
+  batch size therefore neither re-extracts nor makes a bundle refuse its own features.
 
 Heavy libraries (torch, transformers) are imported inside functions, never at module import.
 """
@@ -265,8 +264,6 @@ class HFExtractor(Extractor):
         fp16 = bool(getattr(self.config, "fp16", False)) and str(self.torch_device).startswith("cuda")
         with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=fp16):
             yield
-
-    # -- identity -----------------------------------------------------------------
 
 
 def embed_texts(

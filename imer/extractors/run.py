@@ -41,6 +41,7 @@ class ExtractConfig:
     force: bool = False
     cache_dir: Path | None = None  # default: <out>/.cache
     holdout: float = 0.2  # share of speakers (or dialogues) put in 'test' when no split is given
+    task: str = "auto"  # "auto" | "classification" | "regression" (how labels are read)
     seed: int = 0
 
 
@@ -281,7 +282,7 @@ def _compile(
         summary.present[m.value] = int(present[:, j].sum())
         summary.missing[m.value] = dict(counts)
     utts = [job.utt for job in jobs]
-    task, labels = _labels(utts)
+    task, labels = _labels(utts, cfg.task)
     dialogues = [u.dialogue or u.id for u in utts]
     speakers = [u.speaker or "" for u in utts]
     splits = _splits(utts, speakers, dialogues, cfg.holdout, cfg.seed)
@@ -301,8 +302,10 @@ def _compile(
     )
 
 
-def _labels(utts: list[Utterance]) -> tuple[TaskSpec, np.ndarray]:
-    """Numeric labels -> regression; anything else -> classes in sorted order."""
+def _labels(utts: list[Utterance], task: str = "auto") -> tuple[TaskSpec, np.ndarray]:
+    """Labels -> a task. ``auto``: numbers with a fractional part -> regression; anything else ->
+    classes, sorted numerically when all are numbers (so -3 < -1 < 0 < 2 < 10), else by name.
+    ``task`` = "classification" or "regression" forces the choice."""
     raw = [u.label for u in utts]
     given = [x for x in raw if x is not None and str(x).strip() != ""]
 
@@ -312,20 +315,40 @@ def _labels(utts: list[Utterance]) -> tuple[TaskSpec, np.ndarray]:
         except (TypeError, ValueError):
             return None
 
-    if given and all(as_float(x) is not None for x in given) and any(not float(x).is_integer() for x in given):
+    numeric = bool(given) and all(as_float(x) is not None for x in given)
+    if task == "regression" or (task == "auto" and numeric and any(not float(x).is_integer() for x in given)):
+        if not numeric:
+            bad = next(x for x in given if as_float(x) is None)
+            raise BadInput(f"--task regression needs numeric labels; found {bad!r}")
         values = np.array([np.nan if as_float(x) is None else as_float(x) for x in raw], dtype=np.float32)
         return TaskSpec(TaskKind.REGRESSION, ("sentiment",)), values
-    names = sorted({str(x).strip() for x in given})
+    names = sorted({str(x).strip() for x in given}, key=(lambda n: (float(n), n)) if numeric else None)
     index = {name: i for i, name in enumerate(names)}
     labels = np.array([index.get(str(x).strip(), -1) if x is not None else -1 for x in raw], dtype=np.int64)
     return TaskSpec(TaskKind.CLASSIFICATION, tuple(names)), labels
 
 
+_SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "valid": "valid", "val": "valid", "validation": "valid", "dev": "valid",
+    "test": "test", "eval": "test", "evaluation": "test",
+}
+
+
 def _splits(utts: list[Utterance], speakers: list[str], dialogues: list[str], holdout: float, seed: int) -> list[str]:
-    """Keep given splits; otherwise hold out whole speakers (or dialogues) as 'test'."""
-    given = [u.split for u in utts]
+    """Keep given splits (train/valid/test, common aliases mapped); otherwise hold out whole
+    speakers (or dialogues) as 'test'. Splits must be given for every row or for none."""
+    given = [(u.split or "").strip().lower() for u in utts]
     if any(given):
-        return [(s or "").strip().lower() for s in given]
+        for u, s in zip(utts, given):
+            if s not in _SPLIT_ALIASES:
+                what = "no split" if not s else f"split {u.split!r}"
+                raise BadInput(
+                    f"utterance {u.id!r} has {what}: give every row one of train, valid, test "
+                    f"(aliases: {', '.join(k for k in _SPLIT_ALIASES if k not in ('train', 'valid', 'test'))}), "
+                    "or leave the split column empty everywhere to hold out speakers automatically"
+                )
+        return [_SPLIT_ALIASES[s] for s in given]
     groups = speakers if len({s for s in speakers if s}) >= 2 else dialogues
     uniq = sorted(set(groups))
     if len(uniq) < 2 or holdout <= 0:

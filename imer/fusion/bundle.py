@@ -19,7 +19,7 @@ from pathlib import Path
 from imer import __version__
 from imer.errors import BadInput, IncompatibleBundle
 from imer.fusion.base import FusionMethod, build_method
-from imer.fsutil import atomic_write_bytes, atomic_write_text
+from imer.fsutil import commit_files
 from imer.fusion.data import Standardizer
 from imer.types import MODALITY_NAMES, TaskSpec
 
@@ -42,8 +42,6 @@ def save_bundle(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
-    atomic_write_bytes(out / "model.safetensors", st_save_torch(state))
-    atomic_write_bytes(out / "normalizer.safetensors", st_save_np(standardizer.tensors()))
     config = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
@@ -54,9 +52,18 @@ def save_bundle(
         "dims": method.dims,
         "extractors": {m: extractors.get(m, {"name": "unknown"}) for m in MODALITY_NAMES},
         "train_config": train_config or {},
+        "stage": method.stage,  # a bundle saved after stage 1 predicts as stage 1 (not with untrained layers)
         **(extra or {}),
     }
-    atomic_write_text(out / "config.json", json.dumps(config, indent=2, default=_json_default))
+    # One set: weights, normaliser and config are never mixed from two runs.
+    commit_files(
+        {
+            out / "model.safetensors": st_save_torch(state),
+            out / "normalizer.safetensors": st_save_np(standardizer.tensors()),
+            out / "config.json": json.dumps(config, indent=2, default=_json_default).encode("utf-8"),
+        },
+        marker=out / "config.json",
+    )
     return out
 
 
@@ -75,9 +82,13 @@ def read_bundle_config(path: str | Path) -> dict:
     f = path / "config.json"
     if not f.is_file():
         raise BadInput(f"{path}: not a model bundle (no config.json); train one with 'imer train ... --out {path}'")
-    cfg = json.loads(f.read_text())
-    if cfg.get("format") != BUNDLE_FORMAT:
-        raise BadInput(f"{f}: format {cfg.get('format')!r} is not {BUNDLE_FORMAT!r}")
+    try:
+        cfg = json.loads(f.read_text())
+    except (ValueError, OSError) as e:
+        raise IncompatibleBundle(f"{f}: unreadable ({e}); the bundle is damaged: train it again") from None
+    found = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
+    if found != BUNDLE_FORMAT:
+        raise BadInput(f"{f}: format {found!r} is not {BUNDLE_FORMAT!r}")
     if int(cfg.get("version", 0)) > BUNDLE_VERSION:
         raise BadInput(f"{f}: bundle version {cfg['version']} is newer than this imer reads; upgrade imer")
     return cfg
@@ -85,13 +96,16 @@ def read_bundle_config(path: str | Path) -> dict:
 
 def load_bundle(path: str | Path, device: str = "cpu") -> tuple[FusionMethod, Standardizer, dict]:
     """(method in eval mode, standardizer, config dict)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
     cfg = read_bundle_config(path)
-    method = build_method(cfg["method"], cfg["dims"], TaskSpec.from_dict(cfg["task"]), cfg["method_config"])
-    state = load_file(str(path / "model.safetensors"), device="cpu")
+    try:
+        method = build_method(cfg["method"], cfg["dims"], TaskSpec.from_dict(cfg["task"]), cfg["method_config"])
+        state = load_file(str(path / "model.safetensors"), device="cpu")
+    except (KeyError, OSError, ValueError, TypeError, SafetensorError) as e:
+        raise IncompatibleBundle(f"{path}: incomplete or damaged bundle ({type(e).__name__}: {e}); train it again") from None
     try:
         missing, unexpected = method.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shape mismatches: config.json and the weights disagree
@@ -104,8 +118,12 @@ def load_bundle(path: str | Path, device: str = "cpu") -> tuple[FusionMethod, St
             f"{path}: weights do not match method {cfg['method']!r} "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}); the bundle was made by another imer version"
         )
-    with safe_open(str(path / "normalizer.safetensors"), framework="numpy") as f:
-        std = Standardizer.from_tensors({k: f.get_tensor(k) for k in f.keys()})
+    try:
+        with safe_open(str(path / "normalizer.safetensors"), framework="numpy") as f:
+            std = Standardizer.from_tensors({k: f.get_tensor(k) for k in f.keys()})
+    except (KeyError, OSError, ValueError, SafetensorError) as e:
+        raise IncompatibleBundle(f"{path}: normalizer.safetensors is missing or damaged ({e}); train it again") from None
+    method.begin_stage(cfg.get("stage", method.stages[-1]))
     method.to(device).eval()
     return method, std, cfg
 

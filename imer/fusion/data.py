@@ -24,7 +24,7 @@ import numpy as np
 
 from imer.errors import BadInput
 from imer.fsutil import commit_files
-from imer.types import MODALITY_NAMES, MissingReason, TaskKind, TaskSpec
+from imer.types import MODALITY_NAMES, TaskKind, TaskSpec
 
 STORE_FORMAT = "imer-feature-store"
 STORE_VERSION = 1
@@ -277,7 +277,7 @@ def is_store(path: str | Path) -> bool:
 
 def load_store(path: str | Path) -> FeatureSet:
     """Read a folder written by :func:`save_store` (or by ``imer extract``)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     head_file = path / "store.json"
@@ -286,20 +286,28 @@ def load_store(path: str | Path) -> FeatureSet:
             f"{path}: not an imer feature store (no store.json). Create one with "
             "'imer extract MEDIA --out DIR' or 'imer import-community ... --out DIR'."
         )
-    header = json.loads(head_file.read_text())
-    if header.get("format") != STORE_FORMAT:
-        raise BadInput(f"{head_file}: format {header.get('format')!r} is not {STORE_FORMAT!r}")
+    try:
+        header = json.loads(head_file.read_text())
+    except (ValueError, OSError) as e:
+        raise BadInput(f"{head_file}: unreadable ({e}); the store is damaged: re-create it") from None
+    found = header.get("format") if isinstance(header, dict) else type(header).__name__
+    if found != STORE_FORMAT:
+        raise BadInput(f"{head_file}: format {found!r} is not {STORE_FORMAT!r}")
     if int(header.get("version", 0)) > STORE_VERSION:
         raise BadInput(f"{head_file}: store version {header['version']} is newer than this imer reads ({STORE_VERSION}); upgrade imer")
-    task = TaskSpec.from_dict(header["task"])
-    rows = [json.loads(line) for line in (path / "utterances.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-    n = len(rows)
-    if n != header["num_utterances"]:
-        raise BadInput(f"{path}: utterances.jsonl has {n} rows, store.json says {header['num_utterances']}; the store is incomplete, re-create it")
-    feats = {}
-    with safe_open(str(path / "features.safetensors"), framework="numpy") as f:
-        for m in MODALITY_NAMES:
-            feats[m] = f.get_tensor(m)
+    try:
+        task = TaskSpec.from_dict(header["task"])
+        rows = [json.loads(line) for line in (path / "utterances.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+        n = len(rows)
+        expected = int(header["num_utterances"])
+        feats = {}
+        with safe_open(str(path / "features.safetensors"), framework="numpy") as f:
+            for m in MODALITY_NAMES:
+                feats[m] = f.get_tensor(m)
+    except (KeyError, ValueError, OSError, TypeError, SafetensorError) as e:
+        raise BadInput(f"{path}: incomplete or damaged feature store ({type(e).__name__}: {e}); re-create it") from None
+    if n != expected:
+        raise BadInput(f"{path}: utterances.jsonl has {n} rows, store.json says {expected}; the store is incomplete, re-create it")
     if task.kind == TaskKind.CLASSIFICATION:
         labels = np.array([-1 if r["label"] is None else int(r["label"]) for r in rows], dtype=np.int64)
     else:
@@ -458,10 +466,3 @@ class TensorData:
     def num_batches(self, mode: str, batch_size: int) -> int:
         units = len(self.dialogue_index) if mode == "dialogue" else self.n
         return (units + batch_size - 1) // batch_size
-
-
-def missing_feature_reasons(n: int, present: np.ndarray, reason: MissingReason) -> np.ndarray:
-    """Reason table for a mask where every absent entry has the same cause."""
-    r = np.full((n, 3), MissingReason.PRESENT.value, dtype=object)
-    r[~present] = reason.value
-    return r

@@ -16,7 +16,7 @@ import numpy as np
 from imer.errors import BadInput
 from imer.fusion.base import FusionMethod, build_method
 from imer.fusion.bundle import save_bundle
-from imer.fusion.data import FeatureSet, Standardizer
+from imer.fusion.data import FeatureSet, Standardizer, make_validation_split
 from imer.fusion.evaluation import evaluate_table
 from imer.fusion.metrics import headline_metrics
 from imer.fusion.missing import CONDITIONS, MISSING_RATES
@@ -63,9 +63,13 @@ def run_experiment(
     The bundle in ``out`` is written after every stage (so an interrupted run keeps its last
     finished stage) and once more with the test table.
     """
-    train_split = fs.split("train")
-    if len(train_split) == 0:
+    if len(fs.split("train")) == 0:
         raise BadInput("no utterance has split 'train'")
+    if cfg.selection == "valid":
+        # Hold the validation dialogues out *before* fitting the normaliser, so that model
+        # selection never sees statistics of its own data (a no-op when 'valid' exists).
+        fs = make_validation_split(fs, cfg.val_fraction, cfg.seed)
+    train_split = fs.split("train")
     std = Standardizer.fit(train_split)  # training split only, present rows only
     data = std.apply(fs)
     max_len = max((len(g) for g in train_split.dialogue_groups()), default=1)

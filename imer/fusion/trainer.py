@@ -80,11 +80,9 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(name)
+    from imer.devices import resolve_device as resolve_name
+
+    return torch.device(resolve_name(name))
 
 
 def seed_everything(seed: int) -> None:
@@ -185,6 +183,8 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     key = primary_metric(method.task)
 
+    if cfg.epochs < len(method.stages) * cfg.min_stage_epochs:
+        raise BadInput(f"{method.registry_name} trains in {len(method.stages)} stages: give --epochs {len(method.stages) * cfg.min_stage_epochs} or more")
     fractions = np.asarray(method.stage_fractions, dtype=float)
     stage_epochs = np.maximum(cfg.min_stage_epochs, np.floor(cfg.epochs * fractions / fractions.sum())).astype(int)
     stage_epochs[-1] = max(cfg.min_stage_epochs, cfg.epochs - int(stage_epochs[:-1].sum()))
@@ -210,11 +210,6 @@ def fit(
                     out = method(batch)
                     losses = method.loss(out, batch)
                 total = losses["total"]
-                if not torch.isfinite(total):
-                    raise BadInput(
-                        f"loss became {total.item()} in stage {stage!r}, epoch {epoch}: lower --lr, "
-                        "or check the features for extreme values"
-                    )
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
                 if cfg.grad_clip:
@@ -225,6 +220,11 @@ def fit(
                 for k, v in losses.items():  # stays on the device: no sync per batch
                     sums[k] = sums.get(k, 0.0) + v.detach().float()
                 nb += 1
+            if not all(math.isfinite(float(v)) for v in sums.values()):  # one host sync per epoch
+                raise BadInput(
+                    f"the loss became non-finite in stage {stage!r}, epoch {epoch}: lower --lr, "
+                    "or check the features for extreme values"
+                )
             metrics = evaluate(method, select, sel_mask, mode, bs, cfg.amp)
             score = metrics.get(key, float("nan"))
             improved = score > best_score or best_state is None

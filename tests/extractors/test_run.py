@@ -751,3 +751,37 @@ def test_holdout_edge_cases():
     assert _splits(utts, ["a", "a", "a"], ["d", "d", "d"], 0.5, 0) == ["train"] * 3  # one group
     big = _splits(utts, ["a", "b", "c"], ["1", "2", "3"], 0.99, 0)
     assert big.count("train") >= 1  # never everything in test
+
+
+def test_split_aliases_and_incomplete_splits():
+    from imer.extractors.run import _splits
+    from imer.pipeline.manifest import Utterance
+
+    utts = [Utterance(id=f"u{i}", split=s) for i, s in enumerate(["train", "Val", "dev", "TEST", "training"])]
+    assert _splits(utts, [""] * 5, ["d"] * 5, 0.2, 0) == ["train", "valid", "valid", "test", "train"]
+    with pytest.raises(BadInput, match="u1"):
+        _splits([Utterance(id="u0", split="train"), Utterance(id="u1", split=None)], ["", ""], ["a", "b"], 0.2, 0)
+    with pytest.raises(BadInput, match="heldout"):
+        _splits([Utterance(id="u0", split="heldout")], [""], ["a"], 0.2, 0)
+
+
+def test_numeric_class_labels_sort_numerically_and_task_can_be_forced():
+    from imer.extractors.run import _labels
+    from imer.pipeline.manifest import Utterance
+
+    utts = [Utterance(id=f"u{i}", label=v) for i, v in enumerate(["-3", "2", "0", "-1", "10", None])]
+    task, y = _labels(utts)
+    assert task.label_names == ("-3", "-1", "0", "2", "10") and y.tolist() == [0, 3, 2, 1, 4, -1]
+    task, y = _labels(utts, "regression")
+    assert task.kind.value == "regression" and y[:5].tolist() == [-3, 2, 0, -1, 10] and np.isnan(y[5])
+    with pytest.raises(BadInput, match="numeric"):
+        _labels([Utterance(id="a", label="happy")], "regression")
+
+
+def test_bad_decode_settings_fail_up_front():
+    from imer.pipeline.ingest import DecodeConfig
+
+    with pytest.raises(BadInput, match="fps"):
+        DecodeConfig(fps=0)
+    with pytest.raises(BadInput, match="max-frames"):
+        DecodeConfig(max_frames=0)

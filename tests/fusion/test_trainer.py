@@ -8,7 +8,7 @@ import torch
 
 from imer.errors import BadInput
 from imer.fusion.base import build_method
-from imer.fusion.data import Standardizer, TensorData
+from imer.fusion.data import Standardizer, TensorData, make_validation_split
 from imer.fusion.trainer import TrainConfig, evaluate, fit, prepare_splits, resolve_device, seed_everything
 from synthetic import make_featureset
 
@@ -142,3 +142,21 @@ def test_mixed_precision_path_runs_on_cpu(monkeypatch, method):
     res = fit(m, fs, TrainConfig(epochs=4, lr=3e-3, patience=None, batch_size=8, missing_rate=0.3))
     assert all(np.isfinite(h["loss"]["total"]) for h in res.history)
     assert all(p.dtype == torch.float32 for p in m.parameters())  # weights stay fp32 under autocast
+
+
+def test_epochs_fewer_than_stages_is_a_clear_error():
+    fs = _data()
+    with pytest.raises(BadInput, match="2 stages"):
+        fit(_model("comp", fs), fs, TrainConfig(epochs=1))
+
+
+def test_normaliser_never_sees_validation_rows():
+    from imer.fusion.experiment import run_experiment
+
+    fs = _data()
+    res = run_experiment(fs, "concat", TrainConfig(epochs=1, seed=3), {"hidden": 8}, evaluate=False)
+    held = make_validation_split(fs, 0.1, 3)
+    train_only = Standardizer.fit(held.split("train"))
+    np.testing.assert_allclose(res.standardizer.mean["audio"], train_only.mean["audio"], rtol=1e-6)
+    with_valid = Standardizer.fit(fs.split("train"))
+    assert not np.allclose(res.standardizer.mean["audio"], with_valid.mean["audio"])

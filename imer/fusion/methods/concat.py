@@ -1,7 +1,7 @@
 """Concatenation baseline: the floor every results table needs.
 
-Each modality is projected to ``hidden`` dims (missing slots are zero in, so they add only the
-projection bias), the three projections are concatenated and classified. It is also ComP's
+Each modality is projected to ``hidden`` dims (the projection of a missing slot is zeroed, so it
+contributes nothing), the three projections are concatenated and classified. It is also ComP's
 Table 3 row with every component removed.
 """
 

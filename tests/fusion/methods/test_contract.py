@@ -124,3 +124,44 @@ def test_bundle_round_trip(name, tmp_path):
     assert cfg["method"] == name and cfg["extractors"] == extractors and cfg["task"]["label_names"] == list(CLS.label_names)
     for k in MODALITY_NAMES:
         np.testing.assert_array_equal(std2.std[k], std.std[k])
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_nan_in_missing_slots_is_ignored(name):
+    torch.manual_seed(0)
+    m = build_method(name, DIMS, CLS, _options(name), {"max_dialogue_len": 6}).eval()
+    batch = _batch(2, 6, CLS)
+    nan = {k: torch.where(batch.present[..., j : j + 1], v, torch.full_like(v, float("nan"))) for j, (k, v) in enumerate(batch.feats.items())}
+    out = m(dataclasses.replace(batch, feats=nan)).logits
+    assert torch.isfinite(out[batch.valid]).all()
+    torch.testing.assert_close(out[batch.valid], m(batch).logits[batch.valid])
+
+
+def test_stage_one_bundle_predicts_as_stage_one(tmp_path):
+    torch.manual_seed(0)
+    m = build_method("comp", DIMS, CLS, _options("comp"), {"max_dialogue_len": 6})
+    m.begin_stage("unimodal")
+    m.eval()
+    std = Standardizer({k: np.zeros(d, np.float32) for k, d in DIMS.items()}, {k: np.ones(d, np.float32) for k, d in DIMS.items()})
+    save_bundle(tmp_path, m, std, {})
+    loaded, _, cfg = load_bundle(tmp_path)
+    assert cfg["stage"] == "unimodal" and loaded.stage == "unimodal"
+    batch = _batch(2, 6, CLS)
+    torch.testing.assert_close(loaded(batch).logits, m(batch).logits)
+
+
+def test_method_options_are_type_checked():
+    from imer.errors import BadInput
+    from imer.fusion.base import parse_overrides
+
+    opts = parse_overrides(["use_gm=no", "hidden=16", "comp.momentum=0.5"], "comp")
+    m = build_method("comp", DIMS, CLS, {**opts, "heads": 2}, {"max_dialogue_len": 6})
+    assert m.config.use_gm is False and m.config.hidden == 16 and m.config.momentum == 0.5
+    with pytest.raises(BadInput, match="momentum"):
+        build_method("comp", DIMS, CLS, parse_overrides(["momentum=0.3x"]), {"max_dialogue_len": 6})
+    with pytest.raises(BadInput, match="hidden"):
+        build_method("comp", DIMS, CLS, {"hidden": 16.5})
+    with pytest.raises(BadInput, match="use_kp"):
+        build_method("comp", DIMS, CLS, {"use_kp": "maybe"})
+    with pytest.raises(BadInput, match="concat"):
+        parse_overrides(["concat.hidden=64"], "comp")
