@@ -60,7 +60,12 @@ def _config_from_json(cls: type, cfg: dict) -> dict:
 
 
 class Predictor:
-    """A model bundle plus its extractors, loaded once, applied to any number of clips."""
+    """A model bundle plus its extractors, loaded once, applied to any number of clips.
+
+    Each clip (or ``--start/--end`` segment) is predicted on its own, as a one-utterance
+    sequence: a dialogue-level model such as ComP then has no conversational context, which
+    it had in training on dialogues. Results never depend on which other clips are in the call.
+    """
 
     def __init__(
         self,
