@@ -438,8 +438,14 @@ class TensorData:
         shuffle: bool = False,
         generator=None,
         protocol_mask=None,
+        bucket: bool = False,
     ) -> Iterator[Batch]:
-        """Yield batches of whole dialogues (``mode='dialogue'``) or single utterances."""
+        """Yield batches of whole dialogues (``mode='dialogue'``) or single utterances.
+
+        ``bucket`` (dialogue mode, with ``shuffle``): batches are formed from dialogues of
+        similar length (sorted by length with random tie-breaks, then the batch order shuffled),
+        so far less padding is computed; the batches of an epoch still cover every dialogue once.
+        """
         import torch
 
         if mode == "dialogue":
@@ -455,7 +461,12 @@ class TensorData:
         )
         pm = None if protocol_mask is None else self.padded_mask(protocol_mask)
         lengths = (units >= 0).sum(1).cpu() if mode == "dialogue" else None
-        for start in range(0, len(units), batch_size):
+        starts = list(range(0, len(units), batch_size))
+        if bucket and shuffle and lengths is not None:
+            # Stable sort of the shuffled order by length: ties stay in random order.
+            order = order[torch.sort(lengths[order.cpu()], stable=True).indices.to(self.device)]
+            starts = [starts[i] for i in torch.randperm(len(starts), generator=generator).tolist()]
+        for start in starts:
             sel = order[start : start + batch_size]
             idx = units[sel]
             if lengths is not None:  # trim padding columns this batch does not need

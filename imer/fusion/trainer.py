@@ -52,6 +52,7 @@ class TrainConfig:
     selection: str = "valid"  # "valid" (honest) | "test" (official protocol, optimistic)
     grad_clip: float | None = 5.0
     min_stage_epochs: int = 1
+    bucket: bool = True  # dialogue batches of similar length (less padding); False = fully random batches
 
     def protocol(self) -> MissingProtocol:
         if self.condition is not None:
@@ -205,7 +206,7 @@ def fit(
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + global_epoch)
             sums: dict[str, torch.Tensor] = {}
             nb = 0
-            for batch in train.iterate(mode, bs, shuffle=True, generator=gen, protocol_mask=mask):
+            for batch in train.iterate(mode, bs, shuffle=True, generator=gen, protocol_mask=mask, bucket=cfg.bucket):
                 with autocast_ctx:
                     out = method(batch)
                     losses = method.loss(out, batch)

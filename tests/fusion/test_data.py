@@ -512,3 +512,21 @@ def test_batch_labelled_mask_regression():
 def test_bad_batch_mode(tdata):
     with pytest.raises(BadInput):
         next(tdata.iterate("sentence", 4))
+
+
+def test_bucketed_dialogue_batches_cover_every_utterance_once_with_less_padding():
+    import torch
+
+    from imer.fusion.data import TensorData
+
+    fs = make_featureset(n_dialogues=40, length=(2, 30), seed=4)
+    data = TensorData(fs)
+    g = torch.Generator().manual_seed(0)
+    plain = list(data.iterate("dialogue", 8, shuffle=True, generator=g))
+    g = torch.Generator().manual_seed(0)
+    bucketed = list(data.iterate("dialogue", 8, shuffle=True, generator=g, bucket=True))
+    for batches in (plain, bucketed):
+        seen = torch.cat([b.index[b.valid] for b in batches]).sort().values
+        assert seen.tolist() == list(range(len(fs)))
+    cells = lambda bs: sum(b.valid.numel() for b in bs)  # noqa: E731
+    assert cells(bucketed) < cells(plain)
