@@ -54,3 +54,22 @@ def commit_files(files: dict[Path, bytes], marker: Path) -> None:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         raise
+
+
+def read_json_header(file: Path, fmt: str, max_version: int, what: str, fix: str, damaged: type[Exception]) -> dict:
+    """Read a ``{"format": fmt, "version": n, ...}`` header; clear errors for every way it can be wrong."""
+    import json
+
+    from imer.errors import BadInput
+
+    try:
+        header = json.loads(Path(file).read_text())
+    except (ValueError, OSError) as e:
+        raise damaged(f"{file}: unreadable ({e}); the {what} is damaged: {fix}") from None
+    found = header.get("format") if isinstance(header, dict) else type(header).__name__
+    if found != fmt:
+        raise BadInput(f"{file}: format {found!r} is not {fmt!r}")
+    version = header.get("version", 0)
+    if not isinstance(version, int) or version > max_version:
+        raise BadInput(f"{file}: {what} version {version!r} is newer than this imer reads ({max_version}); upgrade imer")
+    return header

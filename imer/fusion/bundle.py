@@ -19,7 +19,7 @@ from pathlib import Path
 from imer import __version__
 from imer.errors import BadInput, IncompatibleBundle
 from imer.fusion.base import FusionMethod, build_method
-from imer.fsutil import commit_files
+from imer.fsutil import commit_files, read_json_header
 from imer.fusion.data import Standardizer
 from imer.types import MODALITY_NAMES, TaskSpec
 
@@ -82,16 +82,7 @@ def read_bundle_config(path: str | Path) -> dict:
     f = path / "config.json"
     if not f.is_file():
         raise BadInput(f"{path}: not a model bundle (no config.json); train one with 'imer train ... --out {path}'")
-    try:
-        cfg = json.loads(f.read_text())
-    except (ValueError, OSError) as e:
-        raise IncompatibleBundle(f"{f}: unreadable ({e}); the bundle is damaged: train it again") from None
-    found = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
-    if found != BUNDLE_FORMAT:
-        raise BadInput(f"{f}: format {found!r} is not {BUNDLE_FORMAT!r}")
-    if int(cfg.get("version", 0)) > BUNDLE_VERSION:
-        raise BadInput(f"{f}: bundle version {cfg['version']} is newer than this imer reads; upgrade imer")
-    return cfg
+    return read_json_header(f, BUNDLE_FORMAT, BUNDLE_VERSION, "bundle", "train it again", IncompatibleBundle)
 
 
 def load_bundle(path: str | Path, device: str = "cpu") -> tuple[FusionMethod, Standardizer, dict]:

