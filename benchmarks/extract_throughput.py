@@ -57,6 +57,19 @@ def load1() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def finish(result: dict, json_out: str | None, t_all: float) -> int:
+    """Common epilogue of the benchmarks: total time, load average, optional JSON file."""
+    result["seconds_total"] = round(time.perf_counter() - t_all, 1)
+    result["loadavg_end"] = loadavg()
+    print(f"\ntotal {result['seconds_total']:.1f} s; load average at end: {result['loadavg_end']}")
+    if json_out:
+        out = Path(json_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=str))
+        print(f"wrote {out}")
+    return 0
+
+
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -457,15 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table("(c) extract_features, offline defaults (egemaps + minilm + faceprint), all clips", ef)
         result["extract_features_rows"] = ef
 
-    result["seconds_total"] = round(time.perf_counter() - t_all, 1)
-    result["loadavg_end"] = loadavg()
-    print(f"\ntotal {result['seconds_total']:.1f} s; load average at end: {loadavg()}")
-    if args.json_out:
-        out = Path(args.json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2, default=str))
-        print(f"wrote {out}")
-    return 0
+    return finish(result, args.json_out, t_all)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from extract_throughput import (  # noqa: E402  (also puts the repository on sys.path, sets HF offline)
+    finish,
     PAPER_BANNER,
     ROOT,
     build_paper_models,
@@ -312,15 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             if ctx:
                 ctx.cleanup()
 
-    result["seconds_total"] = round(time.perf_counter() - t_all, 1)
-    result["loadavg_end"] = loadavg()
-    print(f"\ntotal {result['seconds_total']:.1f} s; load average at end: {loadavg()}")
-    if args.json_out:
-        out = Path(args.json_out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2, default=str))
-        print(f"wrote {out}")
-    return 0
+    return finish(result, args.json_out, t_all)
 
 
 if __name__ == "__main__":
