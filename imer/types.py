@@ -1,4 +1,4 @@
-"""Vocabulary shared by every stage: modalities, missing reasons, task specs."""
+"""Vocabulary shared by every stage: modalities, missing reasons and stream status, task specs."""
 
 from __future__ import annotations
 
@@ -37,6 +37,39 @@ class MissingReason(str, Enum):
     DISABLED = "disabled"  # switched off by the user (--no-audio, ...)
     NO_FEATURE = "no_feature"  # imported data had no feature file for this utterance
     EXTRACTOR_FAILED = "extractor_failed"
+
+
+@dataclass(frozen=True)
+class StreamStatus:
+    """Whether one modality of one utterance is usable, and if not, why.
+
+    The one record for "present, or missing with a reason" from decoding to the cache, the
+    store, the dataset and ``predict``'s output. Decided in :mod:`imer.pipeline.streams` (media)
+    and by extractors (e.g. no face in any frame).
+    """
+
+    present: bool
+    reason: MissingReason = MissingReason.PRESENT
+    detail: str = ""
+
+    @classmethod
+    def ok(cls, detail: str = "") -> "StreamStatus":
+        return cls(True, MissingReason.PRESENT, detail)
+
+    @classmethod
+    def missing(cls, reason: MissingReason | str, detail: str = "") -> "StreamStatus":
+        reason = MissingReason(reason)
+        if reason == MissingReason.PRESENT:
+            raise ValueError("a missing stream needs a reason other than PRESENT")
+        return cls(False, reason, detail)
+
+    def to_dict(self) -> dict:
+        return {"present": self.present, "reason": self.reason.value, "detail": self.detail}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StreamStatus":
+        reason = MissingReason(d.get("reason", MissingReason.PRESENT.value))
+        return cls(bool(d.get("present", reason == MissingReason.PRESENT)), reason, str(d.get("detail", "")))
 
 
 class TaskKind(str, Enum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imer.fusion.data import FeatureSet
+from imer.store import FeatureSet, FeatureSpec
 from imer.types import MODALITY_NAMES, TaskKind, TaskSpec
 
 
@@ -59,5 +59,5 @@ def make_featureset(
         dialogues=dlg,
         order=np.asarray(order),
         splits=split,
-        extractors={m: {"name": "synthetic", "config": {"seed": seed}} for m in MODALITY_NAMES},
+        specs={m: FeatureSpec(name="synthetic", dim=int(np.asarray(feats[m]).shape[1]), config={"seed": seed}) for m in MODALITY_NAMES},
     )

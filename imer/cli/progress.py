@@ -1,13 +1,11 @@
-"""Progress bars (rich) fed by the library's callbacks; silent when output is JSON."""
+"""Progress bars (rich) fed by the library's one progress hook; silent when output is JSON."""
 
 from __future__ import annotations
-
-from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from imer.cli.render import err_console
+from imer.progress import ProgressEvent
 
 
 def _progress() -> Progress:
@@ -23,29 +21,34 @@ def _progress() -> Progress:
     )
 
 
-@contextmanager
-def bar(description: str, quiet: bool = False) -> Iterator[Callable[[int, int], None]]:
-    """A ``update(done, total)`` callback drawing one bar."""
-    if quiet:
-        yield lambda done, total: None
-        return
-    with _progress() as p:
-        task = p.add_task(description, total=None, info="")
+def format_info(info: dict) -> str:
+    """What a producer put beside its bar. A named selection metric is shown as
+    ``valid WA 0.812  best 0.820``; anything else as ``key value`` pairs."""
+    parts = []
+    if "loss" in info:
+        parts.append(f"loss {info['loss']:.3f}")
+    if "metric" in info:
+        parts.append(f"{info.get('split', '')} {info['metric']} {info.get('value', float('nan')):.3f}".strip())
+        if "best" in info:
+            parts.append(f"best {info['best']:.3f}")
+    for k, v in info.items():
+        if k not in ("loss", "metric", "split", "value", "best"):
+            parts.append(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}")
+    return "  ".join(parts)
 
-        def update(done: int, total: int) -> None:
-            p.update(task, completed=done, total=total)
 
-        yield update
+class ProgressDisplay:
+    """A rich display on stderr with one bar per event stage; nothing at all when ``quiet``.
 
-
-class _Display:
-    """A rich Progress shown on stderr, or nothing when ``quiet`` (JSON output)."""
+    Use as a context manager and pass the instance itself as the library's ``progress`` hook.
+    """
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
         self.p: Progress | None = None
+        self.tasks: dict[str, object] = {}
 
-    def __enter__(self):
+    def __enter__(self) -> "ProgressDisplay":
         if not self.quiet:
             self.p = _progress()
             self.p.__enter__()
@@ -55,46 +58,15 @@ class _Display:
         if self.p is not None:
             self.p.__exit__(*exc)
 
-
-class TrainProgress(_Display):
-    """One bar per training stage; the info column shows loss and the selection metric."""
-
-    def __init__(self, quiet: bool = False):
-        super().__init__(quiet)
-        self.task = None
-        self.eval_task = None
-
-    def update(self, event: dict) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
         if self.p is None:
             return
-        if event["event"] == "stage":
-            self.task = self.p.add_task(f"stage {event['stage']}", total=event["epochs"], info="")
-        elif event["event"] == "epoch" and self.task is not None:
-            split = "valid" if "valid" in event else "test"
-            m = event[split]
-            key = "WA" if "WA" in m else "Acc2"
-            info = f"loss {event['loss'].get('total', float('nan')):.3f}  {split} {key} {m.get(key, float('nan')):.3f}  best {event['best']:.3f}"
-            self.p.update(self.task, completed=event["epoch"] + 1, info=info)
+        if event.stage not in self.tasks:
+            self.tasks[event.stage] = self.p.add_task(event.stage, total=event.total, info="")
+        self.p.update(self.tasks[event.stage], completed=event.done, total=event.total, info=format_info(event.info))
 
-    def evaluation(self, done: int, total: int) -> None:
-        """``update(done, total)`` callback for the evaluation table, in the same display."""
-        if self.p is None:
-            return
-        if self.eval_task is None:
-            self.eval_task = self.p.add_task("evaluating", total=total, info="")
-        self.p.update(self.eval_task, completed=done, total=total)
-
-
-class StageProgress(_Display):
-    """One bar per named stage, created on first report: ``update(stage, done, total)``."""
-
-    def __init__(self, quiet: bool = False):
-        super().__init__(quiet)
-        self.tasks: dict[str, object] = {}
-
-    def update(self, stage: str, done: int, total: int) -> None:
-        if self.p is None:
-            return
-        if stage not in self.tasks:
-            self.tasks[stage] = self.p.add_task(stage, total=total, info="")
-        self.p.update(self.tasks[stage], completed=done, total=total)
+    def note(self, text: str) -> None:
+        """A line above the bars (e.g. which cross-validation fold starts); a new fold gets new bars."""
+        self.tasks.clear()
+        if self.p is not None:
+            self.p.console.print(text)

@@ -89,7 +89,21 @@ def predictions_table(results) -> Table:
         if r.start is not None or r.end is not None:
             where += f" [{r.start or 0:.2f}-{r.end if r.end is not None else 'end'}]"
         probs = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.probabilities.items(), key=lambda kv: -kv[1])[:4])
-        label = r.label if r.label is not None else (f"{r.value:+.3f}" if r.value is not None else "-")
-        cells = ["used" if s.used else f"[dim]{s.reason}[/dim]" for s in (r.streams[m] for m in ("audio", "text", "video"))]
-        t.add_row(where, f"[bold]{label}[/bold]", probs, *cells)
+        if r.abstained:
+            label = f"[red]none[/red] ({r.abstained})"
+        else:
+            label = f"[bold]{r.label if r.label is not None else f'{r.value:+.3f}'}[/bold]"
+        cells = ["used" if s.present else f"[dim]{s.reason.value}[/dim]" for s in (r.streams[m] for m in ("audio", "text", "video"))]
+        t.add_row(where, label, probs or "-", *cells)
+    return t
+
+
+def extractors_table(rows: list[dict]) -> Table:
+    """``imer extractors``: one row per registered backend."""
+    t = Table(title="feature extractors")
+    for c in ("name", "modality", "dim", "offline", "description"):
+        t.add_column(c)
+    for r in sorted(rows, key=lambda r: (("audio", "text", "video").index(r["modality"]), r["name"])):
+        name = r["name"] + (" (default)" if r.get("default") else "")
+        t.add_row(name, r["modality"], "?" if r["dim"] is None else str(r["dim"]), "yes" if r["offline"] else "no", r["description"])
     return t

@@ -3,7 +3,7 @@
 One folder per (modality, extractor, extractor-config key, decode settings)::
 
     <cache>/<modality>-<name>-<key>/
-        extractor.json            what made these entries (name, full config, decode settings)
+        extractor.json            the FeatureSpec of these entries (name, config, dim, decode settings)
         <content_key>.npy         a present feature (float32 [dim])
         <content_key>.json        a missing entry: {"reason": ..., "detail": ...}
 
@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from imer.fsutil import atomic_write_bytes
-from imer.types import MissingReason
+from imer.store.spec import FeatureSpec
+from imer.types import StreamStatus
 
 
 def content_key(*parts: object) -> str:
@@ -32,24 +32,18 @@ def content_key(*parts: object) -> str:
     return hashlib.blake2b(blob.encode("utf-8"), digest_size=16).hexdigest()
 
 
-@dataclass(frozen=True)
-class CachedMissing:
-    reason: MissingReason
-    detail: str = ""
-
-
 class FeatureCache:
     """One namespace of the cache (see module docstring)."""
 
-    def __init__(self, root: str | Path, modality: str, name: str, key: str, description: dict):
+    def __init__(self, root: str | Path, modality: str, name: str, key: str, spec: FeatureSpec):
         self.dir = Path(root) / f"{modality}-{name}-{key}"
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "extractor.json"
         if not meta.exists():
-            atomic_write_bytes(meta, json.dumps(description, indent=2, default=str).encode())
+            atomic_write_bytes(meta, json.dumps(spec.to_dict(), indent=2, default=str).encode())
 
-    def get(self, key: str) -> np.ndarray | CachedMissing | None:
-        """The cached feature, a CachedMissing, or None when not cached (or unreadable)."""
+    def get(self, key: str) -> np.ndarray | StreamStatus | None:
+        """The cached feature, a missing StreamStatus, or None when not cached (or unreadable)."""
         f = self.dir / f"{key}.npy"
         if f.exists():
             try:
@@ -60,13 +54,13 @@ class FeatureCache:
         if j.exists():
             try:
                 d = json.loads(j.read_text())
-                return CachedMissing(MissingReason(d["reason"]), d.get("detail", ""))
+                return StreamStatus.missing(d["reason"], d.get("detail", ""))
             except (ValueError, KeyError, TypeError, OSError):
                 return None
         return None
 
-    def put(self, key: str, value: np.ndarray | CachedMissing) -> None:
-        if isinstance(value, CachedMissing):
+    def put(self, key: str, value: np.ndarray | StreamStatus) -> None:
+        if isinstance(value, StreamStatus):
             (self.dir / f"{key}.npy").unlink(missing_ok=True)
             atomic_write_bytes(self.dir / f"{key}.json", json.dumps({"reason": value.reason.value, "detail": value.detail}).encode())
             return

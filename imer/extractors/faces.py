@@ -8,8 +8,11 @@ Why it is shaped this way:
 
 * MTCNN's cost grows with the pixel count, so frames are shrunk until the longer side is at most
   ``detect_side`` before detection (1280x720 -> 320x180), and boxes/landmarks are scaled back. The
-  crop is cut from the original frame, so the downscale costs detection recall on tiny faces, never
-  crop quality.
+  crop is cut from the original frame, so the downscale never costs crop quality.
+* The downscale does cost recall on small faces (a standing person in a 1920x1080 phone video has a
+  face of ~10 px at 320), so only the frames still without a face are detected again at each of
+  ``retry_sides`` (larger sizes, capped at the frame's own size). Frames with a face pay for one
+  small pass; ``Face.detect_side`` records the size that found it.
 * MTCNN's batch mode needs equal-sized images, so frames are grouped by size and run in chunks of
   ``batch_frames``; mixed sizes in one call are fine.
 * An utterance is one speaker's turn, so the largest face above ``min_prob`` stands for the speaker
@@ -23,13 +26,16 @@ facenet-pytorch is imported when the first detector is built, never at module im
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from imer.errors import BadInput, MissingDependency
+from imer.extractors.base import runtime_field
 
 FACENET_PACKAGE = "facenet-pytorch==2.5.3"  # MTCNN weights ship inside this wheel
 
@@ -40,9 +46,51 @@ class Face:
 
     box: np.ndarray  # float32 [4]: x1, y1, x2, y2
     prob: float  # MTCNN's face probability
+    detect_side: int  # longer side of the image MTCNN found it in (detect_side, or a retry size)
     landmarks: np.ndarray  # float32 [5, 2] (x, y): left eye, right eye, nose, mouth left, mouth right
     crop: np.ndarray = field(repr=False)  # uint8 [crop_size, crop_size, 3], aligned (eyes level), RGB
     crop_landmarks: np.ndarray = field(repr=False)  # float32 [5, 2]: landmarks in crop pixels
+
+
+@dataclass(frozen=True)
+class FaceDetectConfig:
+    """Face-detection options, declared once: the video backends' configs inherit them.
+
+    Inheritance (not a nested field) keeps them flat keys of each backend's JSON config, so configs
+    stored in existing bundles still load. Validation lives here only.
+    """
+
+    margin: float = 0.2  # context around the MTCNN box, fraction of its longer side
+    min_prob: float = 0.9  # MTCNN probability a face must reach
+    min_face_size: int = 20  # MTCNN minimum face, in detection pixels (after the downscale)
+    detect_side: int = 320  # frames shrunk to this longer side for detection (speed)
+    retry_sides: tuple[int, ...] = (640, 1280)  # no face at detect_side: retry at these (only those > detect_side)
+    batch_frames: int = runtime_field(16)  # frames per MTCNN call; a speed knob, the output does not depend on it
+
+    def __post_init__(self) -> None:
+        sides = self.retry_sides
+        if isinstance(sides, (int, np.integer)) and not isinstance(sides, bool):
+            sides = (sides,)  # --set faceprint.retry_sides=640
+        if isinstance(sides, (str, bytes)) or not hasattr(sides, "__iter__"):
+            raise BadInput(f"retry_sides must be a list of pixel sizes, e.g. [640, 1280] ([] for none), got {sides!r}")
+        try:
+            sides = sorted({int(v) for v in sides})  # JSON gives a list; order does not matter
+        except (TypeError, ValueError):
+            raise BadInput(f"retry_sides must be whole pixel sizes, e.g. [640, 1280], got {self.retry_sides!r}") from None
+        if self.detect_side < 24:
+            raise BadInput(f"detect_side must be >= 24 pixels (MTCNN's smallest input), got {self.detect_side}")
+        # A retry is only ever larger than detect_side: smaller sizes would repeat the first pass at a
+        # lower resolution. Dropping them (rather than refusing) keeps an old bundle with a large
+        # detect_side and no retry_sides loadable under the default retry sizes.
+        object.__setattr__(self, "retry_sides", tuple(v for v in sides if v > self.detect_side))
+        if not 0.0 <= self.min_prob <= 1.0:
+            raise BadInput(f"min_prob must be in [0, 1], got {self.min_prob}")
+        if self.margin < 0:
+            raise BadInput(f"margin must be >= 0, got {self.margin}")
+        if self.min_face_size < 1:
+            raise BadInput(f"min_face_size must be >= 1 detection pixel, got {self.min_face_size}")
+        if self.batch_frames < 1:
+            raise BadInput(f"batch_frames must be >= 1, got {self.batch_frames}")
 
 
 def _import_facenet():
@@ -126,75 +174,79 @@ class FaceDetector:
 
     Args:
         crop_size: side of the aligned crop in pixels.
-        margin: extra context around the MTCNN box, as a fraction of its longer side.
-        min_prob: faces below this MTCNN probability are ignored (MTCNN's own stage thresholds
-            stay at their defaults, 0.6/0.7/0.7; this is the final acceptance test).
-        min_face_size: MTCNN's smallest face, in *detection* pixels (after the downscale).
-        detect_side: frames are shrunk so the longer side is at most this for detection.
-        batch_frames: frames per MTCNN call (bounds memory; results do not depend on it).
         device: torch device for MTCNN.
+        **options: ``FaceDetectConfig`` fields (``min_prob`` is the final acceptance test; MTCNN's
+            own stage thresholds stay at their defaults, 0.6/0.7/0.7).
     """
 
-    def __init__(
-        self,
-        crop_size: int = 224,
-        margin: float = 0.2,
-        min_prob: float = 0.9,
-        min_face_size: int = 20,
-        detect_side: int = 320,
-        batch_frames: int = 16,
-        device: str = "cpu",
-    ):
+    def __init__(self, crop_size: int = 224, device: str = "cpu", **options: Any):
         if crop_size < 8:
             raise BadInput(f"face crop_size must be at least 8 pixels, got {crop_size}")
-        if detect_side < 24:
-            raise BadInput(f"detect_side must be >= 24 pixels (MTCNN's smallest input), got {detect_side}")
-        if not 0.0 <= min_prob <= 1.0:
-            raise BadInput(f"min_prob must be in [0, 1], got {min_prob}")
-        if margin < 0:
-            raise BadInput(f"margin must be >= 0, got {margin}")
-        if batch_frames < 1:
-            raise BadInput(f"batch_frames must be >= 1, got {batch_frames}")
+        try:
+            self.config = FaceDetectConfig(**options)
+        except TypeError:
+            valid = [f.name for f in dataclasses.fields(FaceDetectConfig)]
+            raise BadInput(f"unknown face-detection option(s) {sorted(set(options) - set(valid))}; valid: {valid}") from None
         self.crop_size = crop_size
-        self.margin = margin
-        self.min_prob = min_prob
-        self.min_face_size = min_face_size
-        self.detect_side = detect_side
-        self.batch_frames = batch_frames
         self.device = device
         facenet = _import_facenet()
         # keep_all: we choose the face ourselves (largest above min_prob), not MTCNN's first box.
-        self._mtcnn = facenet.MTCNN(keep_all=True, min_face_size=min_face_size, device=device)
+        self._mtcnn = facenet.MTCNN(keep_all=True, min_face_size=self.config.min_face_size, device=device)
         self._mtcnn.eval()
 
-    def detect(self, frames: Sequence[np.ndarray]) -> list[Face | None]:
-        """One entry per frame: the largest face with prob >= min_prob, or None."""
-        from PIL import Image
+    @classmethod
+    def from_config(cls, cfg: FaceDetectConfig, crop_size: int, device: str = "cpu") -> FaceDetector:
+        """The detector for a backend config (any ``FaceDetectConfig`` subclass)."""
+        options = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(FaceDetectConfig)}
+        return cls(crop_size=crop_size, device=device, **options)
 
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Face | None]:
+        """One entry per frame: the largest face with prob >= min_prob, or None.
+
+        Every frame is tried at ``detect_side``; those without a face are tried again at each
+        ``retry_sides`` size (capped at the frame's longer side, sizes already tried skipped).
+        """
         for i, frame in enumerate(frames):
             _check_frame(frame, i)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, frame in enumerate(frames):
-            groups.setdefault(detection_size(frame.shape[0], frame.shape[1], self.detect_side), []).append(i)
-
         out: list[Face | None] = [None] * len(frames)
-        for (h, w), indices in groups.items():
-            if min(h, w) < self.min_face_size:
-                continue  # too small to hold a face MTCNN can find (and MTCNN errors on it)
-            for start in range(0, len(indices), self.batch_frames):
-                chunk = indices[start : start + self.batch_frames]
-                small = np.stack(
-                    [
-                        frames[i]
-                        if frames[i].shape[:2] == (h, w)
-                        else np.asarray(Image.fromarray(frames[i]).resize((w, h), Image.Resampling.BILINEAR))
-                        for i in chunk
-                    ]
-                )  # [B, h, w, 3] uint8
-                boxes, probs, points = self._run_mtcnn(small)
-                for j, i in enumerate(chunk):
-                    out[i] = self._pick(frames[i], boxes[j], probs[j], points[j], (h, w))
+        tried: list[int] = [0] * len(frames)  # longer side of the last detection size per frame
+        pending = list(range(len(frames)))
+        for side in (self.config.detect_side, *self.config.retry_sides):
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i in pending:
+                h, w = detection_size(frames[i].shape[0], frames[i].shape[1], side)
+                if max(h, w) > tried[i]:  # sizes are increasing: a capped size equal to the last is a repeat
+                    tried[i] = max(h, w)
+                    groups.setdefault((h, w), []).append(i)
+            if not groups:
+                break
+            for hw, indices in groups.items():
+                self._detect_group(frames, indices, hw, out)
+            pending = [i for i in pending if out[i] is None]
         return out
+
+    def _detect_group(
+        self, frames: Sequence[np.ndarray], indices: list[int], hw: tuple[int, int], out: list[Face | None]
+    ) -> None:
+        """Detect in ``frames[indices]`` (all shrunk to ``hw``), in chunks of batch_frames, into ``out``."""
+        from PIL import Image
+
+        h, w = hw
+        if min(h, w) < self.config.min_face_size:
+            return  # too small to hold a face MTCNN can find (and MTCNN errors on it)
+        for start in range(0, len(indices), self.config.batch_frames):
+            chunk = indices[start : start + self.config.batch_frames]
+            small = np.stack(
+                [
+                    frames[i]
+                    if frames[i].shape[:2] == (h, w)
+                    else np.asarray(Image.fromarray(frames[i]).resize((w, h), Image.Resampling.BILINEAR))
+                    for i in chunk
+                ]
+            )  # [B, h, w, 3] uint8
+            boxes, probs, points = self._run_mtcnn(small)
+            for j, i in enumerate(chunk):
+                out[i] = self._pick(frames[i], boxes[j], probs[j], points[j], (h, w))
 
     def _run_mtcnn(self, small: np.ndarray) -> tuple[list, list, list]:
         import torch
@@ -216,7 +268,7 @@ class FaceDetector:
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         probs = np.asarray(probs, dtype=np.float64).reshape(-1)
         points = np.asarray(points, dtype=np.float64).reshape(-1, 5, 2)
-        keep = np.flatnonzero(probs >= self.min_prob)
+        keep = np.flatnonzero(probs >= self.config.min_prob)
         if keep.size == 0:
             return None
         areas = (boxes[keep, 2] - boxes[keep, 0]) * (boxes[keep, 3] - boxes[keep, 1])
@@ -228,10 +280,11 @@ class FaceDetector:
         landmarks = points[best] * np.array([sx, sy])
         # Crop from the unclipped box (a face cut by the frame edge keeps its scale; the part
         # outside the frame is black); report the box clipped to the frame.
-        crop, crop_lm = align_crop(frame, box, landmarks, self.crop_size, self.margin)
+        crop, crop_lm = align_crop(frame, box, landmarks, self.crop_size, self.config.margin)
         return Face(
             box=np.clip(box, 0.0, [width, height, width, height]).astype(np.float32),
             prob=float(probs[best]),
+            detect_side=max(small_hw),
             landmarks=landmarks.astype(np.float32),
             crop=crop,
             crop_landmarks=crop_lm,

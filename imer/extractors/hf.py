@@ -317,10 +317,9 @@ def embed_texts(
 
 def embed_transcripts(ext: "HFExtractor", tokenizer: Any, inputs: Sequence[str | None], **kwargs: Any) -> list:
     """``embed_texts`` over transcripts, with ``None`` -> NO_TRANSCRIPT and blank -> EMPTY_TRANSCRIPT."""
-    from imer.extractors.base import Missing
-    from imer.types import MissingReason
+    from imer.types import MissingReason, StreamStatus
 
-    out: list = [Missing(MissingReason.NO_TRANSCRIPT) if t is None else Missing(MissingReason.EMPTY_TRANSCRIPT) for t in inputs]
+    out: list = [StreamStatus.missing(MissingReason.NO_TRANSCRIPT) if t is None else StreamStatus.missing(MissingReason.EMPTY_TRANSCRIPT) for t in inputs]
     keep = [i for i, t in enumerate(inputs) if t is not None and t.strip()]
     if keep:
         vecs = embed_texts(ext, tokenizer, [inputs[i].strip() for i in keep], **kwargs)

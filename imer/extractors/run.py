@@ -1,10 +1,13 @@
-"""``imer extract``: utterances -> cached features -> a feature store that ``imer train`` reads.
+"""Extraction: utterances -> per (utterance, modality) a feature vector or a missing status.
 
 Per run: build the three extractors once; for every utterance and modality compute the cache
 key (file bytes + segment + decode settings, or the transcript); decode only the streams whose
 features are not cached; batch present inputs across files for the extractors; write every
-result (feature or missing-with-reason) to the cache as soon as it exists; finally compile all
-entries into the store. A killed run loses at most the batch in flight.
+result (feature or missing-with-reason) to the cache as soon as it exists. A killed run loses at
+most the batch in flight.
+
+Extraction decides nothing about labels, tasks or splits: :mod:`imer.store.compile` does, and
+:mod:`imer.workflows` chains the two for ``imer extract``.
 """
 
 from __future__ import annotations
@@ -14,16 +17,17 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from imer.errors import BadInput
-from imer.extractors.base import Extractor, Missing, build_extractor, resolve_device
-from imer.extractors.cache import CachedMissing, FeatureCache, content_key
-from imer.fusion.data import FeatureSet, save_store
+from imer.extractors.base import Extractor, build_extractor, resolve_device
+from imer.extractors.cache import FeatureCache, content_key
 from imer.pipeline.manifest import Utterance
-from imer.types import MODALITIES, MissingReason, Modality, TaskKind, TaskSpec
+from imer.progress import Progress, report
+from imer.store.spec import FeatureSpec
+from imer.types import MODALITIES, MissingReason, Modality, StreamStatus
 
 OFFLINE_DEFAULTS = {Modality.AUDIO: "egemaps", Modality.TEXT: "minilm", Modality.VIDEO: "faceprint"}
 
@@ -39,10 +43,7 @@ class ExtractConfig:
     batch_size: int = 16
     decode_workers: int = 2  # threads decoding ahead of the extractors (1 = no overlap)
     force: bool = False
-    cache_dir: Path | None = None  # default: <out>/.cache
-    holdout: float = 0.2  # share of speakers (or dialogues) put in 'test' when no split is given
-    task: str = "auto"  # "auto" | "classification" | "regression" (how labels are read)
-    seed: int = 0
+    cache_dir: Path | None = None  # None: no cache (results live in memory only)
 
 
 @dataclass
@@ -55,7 +56,7 @@ class ExtractSummary:
     present: dict[str, int] = field(default_factory=dict)
     missing: dict[str, dict[str, int]] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    extractors: dict[str, dict] = field(default_factory=dict)
+    extractors: dict[str, dict] = field(default_factory=dict)  # modality -> FeatureSpec as JSON
     splits: dict[str, int] = field(default_factory=dict)
     out: str = ""
 
@@ -63,17 +64,17 @@ class ExtractSummary:
         return dataclasses.asdict(self)
 
 
-ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+Result = np.ndarray | StreamStatus
 
 
-def _decode_settings(decode: Any, modality: Modality) -> dict:
-    """The decode settings a modality's features depend on (part of the cache namespace)."""
-    d = dataclasses.asdict(decode)
-    if modality == Modality.AUDIO:
-        return {k: d[k] for k in ("sample_rate", "silence_rms") if k in d}
-    if modality == Modality.VIDEO:
-        return {k: d[k] for k in ("fps", "max_frames", "max_side", "skip_nonref") if k in d}
-    return {}
+@dataclass
+class Extraction:
+    """What extraction hands to the store compiler: per utterance, modality -> feature or status."""
+
+    utterances: list[Utterance]
+    results: list[dict[Modality, Result]]
+    specs: dict[Modality, FeatureSpec | None]
+    summary: ExtractSummary
 
 
 class _Job:
@@ -84,22 +85,31 @@ class _Job:
     def __init__(self, utt: Utterance):
         self.utt = utt
         self.keys: dict[Modality, str] = {}
-        self.results: dict[Modality, np.ndarray | CachedMissing] = {}
+        self.results: dict[Modality, Result] = {}
 
 
-def describe_with_decode(ex: Extractor, decode: Any) -> dict:
-    """What a store and a model bundle record per modality: the extractor and its decoding."""
-    return {**ex.describe(), "decode": _decode_settings(decode, ex.modality)}
+def build_extractors(cfg: ExtractConfig) -> dict[Modality, Extractor]:
+    """The configured backend of each modality (not loaded yet)."""
+    device = str(resolve_device(cfg.device))
+    extractors = {}
+    for m in MODALITIES:
+        name = cfg.backends.get(m)
+        if not name:
+            continue
+        ex = build_extractor(name, cfg.options.get(name), device=device)
+        if ex.modality != m:
+            raise BadInput(f"extractor {name!r} is for {ex.modality.value}, not {m.value}")
+        extractors[m] = ex
+    return extractors
 
 
 def extract_features(
     utterances: list[Utterance],
-    out: str | Path,
     cfg: ExtractConfig,
-    progress: ProgressFn | None = None,
+    progress: Progress | None = None,
     extractors: dict[Modality, Extractor] | None = None,
-) -> tuple[FeatureSet, ExtractSummary]:
-    """Run extraction for ``utterances`` and write the store to ``out``.
+) -> Extraction:
+    """Extract every modality of ``utterances``; results cached under ``cfg.cache_dir`` if given.
 
     ``extractors`` lets a long-lived caller (``Predictor``) pass already-loaded backends, so
     models load once per process; otherwise they are built from ``cfg.backends``.
@@ -108,28 +118,20 @@ def extract_features(
 
     if not utterances:
         raise BadInput("no utterances to extract (no media found and no manifest rows)")
-    out = Path(out)
     decode = cfg.decode or DecodeConfig()
-    device = resolve_device(cfg.device)
     t_start = time.perf_counter()
-    summary = ExtractSummary(out=str(out))
-    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / ".cache"
+    summary = ExtractSummary()
 
     if extractors is None:
-        extractors = {}
-        for m in MODALITIES:
-            name = cfg.backends.get(m)
-            if not name:
-                continue
-            ex = build_extractor(name, cfg.options.get(name), device=device)
-            if ex.modality != m:
-                raise BadInput(f"extractor {name!r} is for {ex.modality.value}, not {m.value}")
-            extractors[m] = ex
+        extractors = build_extractors(cfg)
+    specs: dict[Modality, FeatureSpec | None] = {m: None for m in MODALITIES}
     caches: dict[Modality, FeatureCache] = {}
     for m, ex in extractors.items():
-        desc = describe_with_decode(ex, decode)
-        caches[m] = FeatureCache(cache_root, m.value, ex.name, content_key(ex.key(), desc["decode"])[:16], desc)
-        summary.extractors[m.value] = desc
+        spec = ex.spec(decode)
+        specs[m] = spec
+        if cfg.cache_dir is not None:
+            caches[m] = FeatureCache(cfg.cache_dir, m.value, ex.name, content_key(ex.key(), spec.decode)[:16], spec)
+        summary.extractors[m.value] = spec.to_dict()
 
     # 1. cache keys (hash every media file once) and cache lookups
     t0 = time.perf_counter()
@@ -144,8 +146,7 @@ def extract_features(
             hashes[src] = file_hash(Path(src))
         except OSError:
             hashes[src] = None  # unreadable: decided (and recorded) by load_inputs below
-        if progress:
-            progress("hashing", i + 1, len(needs_hash))
+        report(progress, "hashing", i + 1, len(needs_hash))
     hits: Counter = Counter()
     for job in jobs:
         u = job.utt
@@ -158,7 +159,7 @@ def extract_features(
                     continue  # unreadable file: never cached, re-checked every run
                 key = content_key(h, u.start, u.end)
             job.keys[m] = key
-            if cfg.force:
+            if cfg.force or m not in caches:
                 continue
             got = caches[m].get(key)
             if got is not None:
@@ -181,11 +182,16 @@ def extract_features(
         if len(outputs) != len(batch):
             raise BadInput(f"{ex.name} returned {len(outputs)} results for {len(batch)} inputs: a backend bug")
         for (job, _), res in zip(batch, outputs):
-            value = CachedMissing(res.reason, res.detail) if isinstance(res, Missing) else np.asarray(res, np.float32)
-            if not isinstance(value, CachedMissing) and value.shape != (ex.dim,):
-                raise BadInput(f"{ex.name} returned shape {value.shape}, expected ({ex.dim},): a backend bug")
+            if isinstance(res, StreamStatus):
+                if res.present:
+                    raise BadInput(f"{ex.name} returned a present status without a feature: a backend bug")
+                value: Result = res
+            else:
+                value = np.asarray(res, np.float32)
+                if value.shape != (ex.dim,):
+                    raise BadInput(f"{ex.name} returned shape {value.shape}, expected ({ex.dim},): a backend bug")
             job.results[m] = value
-            if m in job.keys:
+            if m in job.keys and m in caches:
                 caches[m].put(job.keys[m], value)
             extracted[m.value] += 1
         queues[m] = []
@@ -196,32 +202,31 @@ def extract_features(
         for m in want:
             status = inputs.status[m]
             if not status.present:
-                value = CachedMissing(status.reason, status.detail)
-                job.results[m] = value
-                if m in job.keys and status.reason != MissingReason.UNREADABLE:
-                    caches[m].put(job.keys[m], value)
+                job.results[m] = status
+                if m in job.keys and m in caches and status.reason != MissingReason.UNREADABLE:
+                    caches[m].put(job.keys[m], status)
                 continue
             payload = {Modality.AUDIO: inputs.audio, Modality.TEXT: inputs.text, Modality.VIDEO: inputs.frames}[m]
             queues[m].append((job, payload))
             if len(queues[m]) >= cfg.batch_size:
                 flush(m)
-        if progress:
-            progress("extracting", i + 1, len(todo))
+        report(progress, "extracting", i + 1, len(todo))
     for m in extractors:
         flush(m)
     summary.stage_seconds["decode+extract"] = round(time.perf_counter() - t0, 3)
     summary.cache_hits = dict(hits)
     summary.extracted = dict(extracted)
 
-    # 3. compile the store
-    t0 = time.perf_counter()
-    fs = _compile(jobs, extractors, summary, cfg, decode)
-    save_store(fs, out)
-    summary.stage_seconds["compile"] = round(time.perf_counter() - t0, 3)
-    summary.utterances = len(fs)
-    summary.splits = dict(Counter(fs.splits))
+    summary.utterances = len(jobs)
     summary.seconds = round(time.perf_counter() - t_start, 3)
-    return fs, summary
+    results = []
+    for job in jobs:
+        res = dict(job.results)
+        for m in extractors:
+            if m not in res:  # no cache key and never decoded: the file could not be read
+                res[m] = StreamStatus.missing(MissingReason.UNREADABLE, "file could not be read")
+        results.append(res)
+    return Extraction([j.utt for j in jobs], results, specs, summary)
 
 
 def _decode_ahead(todo: list[_Job], wants: list[set[Modality]], decode: Any, workers: int, window: int):
@@ -247,114 +252,3 @@ def _decode_ahead(todo: list[_Job], wants: list[set[Modality]], decode: Any, wor
                 yield j, w, fut.result()
         for j, w, fut in pending:
             yield j, w, fut.result()
-
-
-def _compile(
-    jobs: list[_Job], extractors: dict[Modality, Extractor], summary: ExtractSummary, cfg: ExtractConfig, decode: Any
-) -> FeatureSet:
-    n = len(jobs)
-    feats: dict[str, np.ndarray] = {}
-    present = np.zeros((n, 3), dtype=bool)
-    reasons = np.full((n, 3), MissingReason.DISABLED.value, dtype=object)
-    details = np.full((n, 3), "", dtype=object)
-    for j, m in enumerate(MODALITIES):
-        ex = extractors.get(m)
-        if ex is None:
-            feats[m.value] = np.zeros((n, 1), np.float32)
-            summary.missing[m.value] = {MissingReason.DISABLED.value: n}
-            summary.present[m.value] = 0
-            continue
-        arr = np.zeros((n, ex.dim), np.float32)
-        counts: Counter = Counter()
-        for i, job in enumerate(jobs):
-            r = job.results.get(m)
-            if r is None:
-                r = CachedMissing(MissingReason.UNREADABLE, "file could not be read")
-            if isinstance(r, CachedMissing):
-                reasons[i, j] = r.reason.value
-                details[i, j] = r.detail
-                counts[r.reason.value] += 1
-            else:
-                arr[i] = r
-                present[i, j] = True
-                reasons[i, j] = MissingReason.PRESENT.value
-        feats[m.value] = arr
-        summary.present[m.value] = int(present[:, j].sum())
-        summary.missing[m.value] = dict(counts)
-    utts = [job.utt for job in jobs]
-    task, labels = _labels(utts, cfg.task)
-    dialogues = [u.dialogue or u.id for u in utts]
-    speakers = [u.speaker or "" for u in utts]
-    splits = _splits(utts, speakers, dialogues, cfg.holdout, cfg.seed)
-    return FeatureSet(
-        ids=[u.id for u in utts],
-        feats=feats,
-        present=present,
-        reasons=reasons,
-        details=details,
-        labels=labels,
-        task=task,
-        speakers=speakers,
-        dialogues=dialogues,
-        order=np.array([u.order for u in utts], dtype=np.int64),
-        splits=splits,
-        extractors={m.value: describe_with_decode(extractors[m], decode) if m in extractors else {"name": "none"} for m in MODALITIES},
-    )
-
-
-def _labels(utts: list[Utterance], task: str = "auto") -> tuple[TaskSpec, np.ndarray]:
-    """Labels -> a task. ``auto``: numbers with a fractional part -> regression; anything else ->
-    classes, sorted numerically when all are numbers (so -3 < -1 < 0 < 2 < 10), else by name.
-    ``task`` = "classification" or "regression" forces the choice."""
-    raw = [u.label for u in utts]
-    given = [x for x in raw if x is not None and str(x).strip() != ""]
-
-    def as_float(x: Any) -> float | None:
-        try:
-            return float(x)
-        except (TypeError, ValueError):
-            return None
-
-    numeric = bool(given) and all(as_float(x) is not None for x in given)
-    if task == "regression" or (task == "auto" and numeric and any(not float(x).is_integer() for x in given)):
-        if not numeric:
-            bad = next(x for x in given if as_float(x) is None)
-            raise BadInput(f"--task regression needs numeric labels; found {bad!r}")
-        values = np.array([np.nan if as_float(x) is None else as_float(x) for x in raw], dtype=np.float32)
-        return TaskSpec(TaskKind.REGRESSION, ("sentiment",)), values
-    names = sorted({str(x).strip() for x in given}, key=(lambda n: (float(n), n)) if numeric else None)
-    index = {name: i for i, name in enumerate(names)}
-    labels = np.array([index.get(str(x).strip(), -1) if x is not None else -1 for x in raw], dtype=np.int64)
-    return TaskSpec(TaskKind.CLASSIFICATION, tuple(names)), labels
-
-
-_SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "valid": "valid", "val": "valid", "validation": "valid", "dev": "valid",
-    "test": "test", "eval": "test", "evaluation": "test",
-}
-
-
-def _splits(utts: list[Utterance], speakers: list[str], dialogues: list[str], holdout: float, seed: int) -> list[str]:
-    """Keep given splits (train/valid/test, common aliases mapped); otherwise hold out whole
-    speakers (or dialogues) as 'test'. Splits must be given for every row or for none."""
-    given = [(u.split or "").strip().lower() for u in utts]
-    if any(given):
-        for u, s in zip(utts, given):
-            if s not in _SPLIT_ALIASES:
-                what = "no split" if not s else f"split {u.split!r}"
-                raise BadInput(
-                    f"utterance {u.id!r} has {what}: give every row one of train, valid, test "
-                    f"(aliases: {', '.join(k for k in _SPLIT_ALIASES if k not in ('train', 'valid', 'test'))}), "
-                    "or leave the split column empty everywhere to hold out speakers automatically"
-                )
-        return [_SPLIT_ALIASES[s] for s in given]
-    groups = speakers if len({s for s in speakers if s}) >= 2 else dialogues
-    uniq = sorted(set(groups))
-    if len(uniq) < 2 or holdout <= 0:
-        return ["train"] * len(utts)
-    rng = np.random.default_rng(seed)
-    k = min(len(uniq) - 1, max(1, int(round(holdout * len(uniq)))))
-    test = set(rng.choice(uniq, size=k, replace=False).tolist())
-    return ["test" if g in test else "train" for g in groups]
-

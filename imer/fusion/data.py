@@ -1,170 +1,29 @@
-"""Feature datasets: utterance vectors + present masks + labels + dialogue order.
+"""From a :class:`~imer.store.FeatureSet` to what a model sees.
 
-Two layers:
-
-* :class:`FeatureSet` — numpy, host-side, the compiled dataset. It reads and writes imer's
-  on-disk *feature store* (see :func:`save_store` for the format) and is what the community
-  importer (:mod:`imer.fusion.community`) and ``imer extract`` produce.
-* :class:`TensorData` — the same data as torch tensors on the training device, with a
-  dialogue index matrix, so that both dialogue-sequence batches (``[B, L, D]``) and
-  single-utterance batches (``[B, 1, D]``) are a gather, not a Python loop.
-
-Missing entries are zero rows *and* ``present == False`` with a reason: the mask, never the
-zeros, is what says a stream is absent.
+* :class:`Normalizer` — per-dimension z-scoring fitted on the training split (saved in bundles
+  as ``normalizer.safetensors``).
+* :class:`TensorData` — a FeatureSet as torch tensors on the training device, with a dialogue
+  index matrix, so that both dialogue-sequence batches (``[B, L, D]``) and single-utterance
+  batches (``[B, 1, D]``) are a gather, not a Python loop.
+* :class:`Batch` — what a fusion method's ``forward`` receives.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
 from imer.errors import BadInput
-from imer.fsutil import commit_files, read_json_header
-from imer.types import MODALITY_NAMES, TaskKind, TaskSpec
-
-STORE_FORMAT = "imer-feature-store"
-STORE_VERSION = 1
-SPLITS = ("train", "valid", "test")
+from imer.store.featureset import FeatureSet
+from imer.types import MODALITY_NAMES, TaskKind
 
 
+# ---------------------------------------------------------------------- normalisation
 @dataclass
-class FeatureSet:
-    """One row per utterance; rows of the same dialogue are ordered by ``order``.
-
-    Attributes:
-        ids: unique utterance ids.
-        feats: modality name -> float32 ``[N, D]``; rows where the modality is missing are zero.
-        present: bool ``[N, 3]`` in (audio, text, video) order.
-        reasons: str ``[N, 3]``: :class:`MissingReason` values (``"present"`` where present).
-        labels: int64 class index (``-1`` = unlabelled) or float32 value (``nan`` = unlabelled).
-        task: what the labels mean.
-        speakers, dialogues, splits: per-utterance strings (split in train/valid/test or "").
-        order: int64 position of the utterance inside its dialogue.
-        details: optional str ``[N, 3]``: a human-readable detail per missing entry
-            (e.g. "RMS 2.1e-05 < 1e-03"); empty strings where there is none.
-        extractors: modality -> description of the extractor that made the features
-            (``{"name": ..., "config": {...}}``); carried into model bundles so that
-            ``predict`` can rebuild exactly the same extractors.
-    """
-
-    ids: list[str]
-    feats: dict[str, np.ndarray]
-    present: np.ndarray
-    reasons: np.ndarray
-    labels: np.ndarray
-    task: TaskSpec
-    speakers: list[str]
-    dialogues: list[str]
-    order: np.ndarray
-    splits: list[str]
-    extractors: dict[str, dict] = field(default_factory=dict)
-    details: np.ndarray | None = None
-
-    def __post_init__(self) -> None:
-        n = len(self.ids)
-        if len(set(self.ids)) != n:
-            dup = next(i for i in self.ids if self.ids.count(i) > 1)
-            raise BadInput(f"utterance id {dup!r} appears more than once")
-        if set(self.feats) != set(MODALITY_NAMES):
-            raise BadInput(f"features must cover {MODALITY_NAMES}, got {sorted(self.feats)}")
-        self.present = np.asarray(self.present, dtype=bool)
-        if self.present.shape != (n, 3):
-            raise BadInput(f"present mask has shape {self.present.shape}; expected [{n}, 3]")
-        for j, m in enumerate(MODALITY_NAMES):
-            x = np.asarray(self.feats[m])
-            if x.ndim != 2 or x.shape[0] != n:
-                raise BadInput(f"{m} features have shape {x.shape}; expected [{n}, D]")
-            # Our own copy, so zeroing missing slots never writes into the caller's array;
-            # a missing slot holds zeros whatever the producer left there (NaN included).
-            x = np.array(x, dtype=np.float32, copy=True)
-            x[~self.present[:, j]] = 0.0
-            if not np.isfinite(x).all():
-                raise BadInput(f"{m} features contain NaN or inf values in present entries")
-            self.feats[m] = x
-        self.reasons = np.asarray(self.reasons, dtype=object)
-        if self.reasons.shape != (n, 3):
-            raise BadInput(f"reasons table has shape {self.reasons.shape}; expected [{n}, 3]")
-        if self.details is None:
-            self.details = np.full((n, 3), "", dtype=object)
-        self.details = np.asarray(self.details, dtype=object)
-        if self.details.shape != (n, 3):
-            raise BadInput(f"details table has shape {self.details.shape}; expected [{n}, 3]")
-        self.order = np.asarray(self.order, dtype=np.int64)
-        if self.order.shape != (n,):
-            raise BadInput(f"order has shape {self.order.shape}; expected [{n}]")
-        if np.shape(self.labels) != (n,):
-            raise BadInput(f"labels have shape {np.shape(self.labels)}; expected [{n}]")
-        for name in ("speakers", "dialogues", "splits"):
-            if len(getattr(self, name)) != n:
-                raise BadInput(f"{name} has {len(getattr(self, name))} entries for {n} utterances")
-        if self.task.kind == TaskKind.CLASSIFICATION:
-            self.labels = np.asarray(self.labels, dtype=np.int64)
-            k = len(self.task.label_names)
-            bad = (self.labels >= k) | (self.labels < -1)
-            if bad.any():
-                raise BadInput(f"label {self.labels[bad][0]} outside 0..{k - 1} (-1 = unlabelled)")
-        else:
-            self.labels = np.asarray(self.labels, dtype=np.float32)
-
-    # ------------------------------------------------------------------ views
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def dims(self) -> dict[str, int]:
-        return {m: int(x.shape[1]) for m, x in self.feats.items()}
-
-    def subset(self, index: Sequence[int] | np.ndarray) -> "FeatureSet":
-        idx = np.asarray(index, dtype=np.int64)
-        pick = lambda seq: [seq[i] for i in idx]  # noqa: E731
-        return FeatureSet(
-            ids=pick(self.ids),
-            feats={m: x[idx] for m, x in self.feats.items()},
-            present=self.present[idx],
-            reasons=self.reasons[idx],
-            details=self.details[idx],
-            labels=self.labels[idx],
-            task=self.task,
-            speakers=pick(self.speakers),
-            dialogues=pick(self.dialogues),
-            order=self.order[idx],
-            splits=pick(self.splits),
-            extractors=dict(self.extractors),
-        )
-
-    def split(self, name: str) -> "FeatureSet":
-        return self.subset([i for i, s in enumerate(self.splits) if s == name])
-
-    def labelled(self) -> np.ndarray:
-        if self.task.kind == TaskKind.CLASSIFICATION:
-            return self.labels >= 0
-        return ~np.isnan(self.labels)
-
-    def dialogue_groups(self) -> list[np.ndarray]:
-        """Row indices per dialogue, each sorted by ``order``, dialogues in first-seen order."""
-        groups: dict[str, list[int]] = {}
-        for i, d in enumerate(self.dialogues):
-            groups.setdefault(d, []).append(i)
-        return [np.asarray(sorted(g, key=lambda i: self.order[i]), dtype=np.int64) for g in groups.values()]
-
-    def summary(self) -> dict:
-        return {
-            "utterances": len(self),
-            "dialogues": len(set(self.dialogues)),
-            "splits": {s: self.splits.count(s) for s in sorted(set(self.splits))},
-            "dims": self.dims,
-            "present": {m: int(self.present[:, j].sum()) for j, m in enumerate(MODALITY_NAMES)},
-            "task": self.task.to_dict(),
-        }
-
-
-# ---------------------------------------------------------------------- standardisation
-@dataclass
-class Standardizer:
+class Normalizer:
     """Per-dimension z-scoring fitted on the training split's *present* rows only.
 
     Feature sets differ wildly in scale (eGeMAPS reaches |x| ~ 5000, MiniLM is unit norm);
@@ -175,7 +34,7 @@ class Standardizer:
     std: dict[str, np.ndarray]
 
     @classmethod
-    def fit(cls, fs: FeatureSet, eps: float = 1e-6) -> "Standardizer":
+    def fit(cls, fs: FeatureSet, eps: float = 1e-6) -> "Normalizer":
         mean, std = {}, {}
         for j, m in enumerate(MODALITY_NAMES):
             x = fs.feats[m][fs.present[:, j]]
@@ -204,138 +63,11 @@ class Standardizer:
         return d
 
     @classmethod
-    def from_tensors(cls, d: dict[str, np.ndarray]) -> "Standardizer":
+    def from_tensors(cls, d: dict[str, np.ndarray]) -> "Normalizer":
         return cls(
             {m: np.asarray(d[f"{m}.mean"]) for m in MODALITY_NAMES},
             {m: np.asarray(d[f"{m}.std"]) for m in MODALITY_NAMES},
         )
-
-
-# ---------------------------------------------------------------------- on-disk store
-def save_store(fs: FeatureSet, out: str | Path) -> Path:
-    """Write ``fs`` as an imer feature store folder.
-
-    Layout (no pickle anywhere; every file is written to a temp name and renamed):
-
-    * ``store.json`` — header: format, version, task, per modality ``dim`` and ``extractor``.
-    * ``utterances.jsonl`` — one JSON object per utterance, in row order: ``id``, ``label``
-      (class index, float, or null), ``speaker``, ``dialogue``, ``order``, ``split``,
-      ``present`` (``{"audio": bool, ...}``) and ``reason`` (``{"audio": "silent_audio", ...}``).
-    * ``features.safetensors`` — one float32 ``[N, D]`` tensor per modality, rows in the same
-      order; memory-mappable, loads without executing code.
-
-    All three files are written to temp names first; ``store.json`` is removed before and renamed
-    last, so a half-written store never looks valid and a failed write leaves the old store intact.
-    """
-    from safetensors.numpy import save as st_save
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, uid in enumerate(fs.ids):
-        if fs.task.kind == TaskKind.CLASSIFICATION:
-            label = int(fs.labels[i]) if fs.labels[i] >= 0 else None
-        else:
-            label = None if np.isnan(fs.labels[i]) else float(fs.labels[i])
-        rows.append(
-            json.dumps(
-                {
-                    "id": uid,
-                    "label": label,
-                    "speaker": fs.speakers[i],
-                    "dialogue": fs.dialogues[i],
-                    "order": int(fs.order[i]),
-                    "split": fs.splits[i],
-                    "present": {m: bool(fs.present[i, j]) for j, m in enumerate(MODALITY_NAMES)},
-                    "reason": {m: str(fs.reasons[i, j]) for j, m in enumerate(MODALITY_NAMES)},
-                    "detail": {m: str(fs.details[i, j]) for j, m in enumerate(MODALITY_NAMES) if fs.details[i, j]},
-                },
-                ensure_ascii=False,
-            )
-        )
-    header = {
-        "format": STORE_FORMAT,
-        "version": STORE_VERSION,
-        "num_utterances": len(fs),
-        "task": fs.task.to_dict(),
-        "modalities": {m: {"dim": fs.dims[m], "extractor": fs.extractors.get(m, {"name": "unknown"})} for m in MODALITY_NAMES},
-    }
-    commit_files(
-        {
-            out / "features.safetensors": st_save({m: fs.feats[m] for m in MODALITY_NAMES}),
-            out / "utterances.jsonl": ("\n".join(rows) + "\n").encode("utf-8"),
-            out / "store.json": json.dumps(header, indent=2).encode("utf-8"),
-        },
-        marker=out / "store.json",
-    )
-    return out
-
-
-def is_store(path: str | Path) -> bool:
-    return (Path(path) / "store.json").is_file()
-
-
-def load_store(path: str | Path) -> FeatureSet:
-    """Read a folder written by :func:`save_store` (or by ``imer extract``)."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    head_file = path / "store.json"
-    if not head_file.is_file():
-        raise BadInput(
-            f"{path}: not an imer feature store (no store.json). Create one with "
-            "'imer extract MEDIA --out DIR' or 'imer import-community ... --out DIR'."
-        )
-    header = read_json_header(head_file, STORE_FORMAT, STORE_VERSION, "store", "re-create it", BadInput)
-    try:
-        task = TaskSpec.from_dict(header["task"])
-        rows = [json.loads(line) for line in (path / "utterances.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
-        n = len(rows)
-        expected = int(header["num_utterances"])
-        feats = {}
-        with safe_open(str(path / "features.safetensors"), framework="numpy") as f:
-            for m in MODALITY_NAMES:
-                feats[m] = f.get_tensor(m)
-    except (KeyError, ValueError, OSError, TypeError, SafetensorError) as e:
-        raise BadInput(f"{path}: incomplete or damaged feature store ({type(e).__name__}: {e}); re-create it") from None
-    if n != expected:
-        raise BadInput(f"{path}: utterances.jsonl has {n} rows, store.json says {expected}; the store is incomplete, re-create it")
-    if task.kind == TaskKind.CLASSIFICATION:
-        labels = np.array([-1 if r["label"] is None else int(r["label"]) for r in rows], dtype=np.int64)
-    else:
-        labels = np.array([np.nan if r["label"] is None else float(r["label"]) for r in rows], dtype=np.float32)
-    return FeatureSet(
-        ids=[r["id"] for r in rows],
-        feats=feats,
-        present=np.array([[r["present"][m] for m in MODALITY_NAMES] for r in rows], dtype=bool).reshape(n, 3),
-        reasons=np.array([[r["reason"][m] for m in MODALITY_NAMES] for r in rows], dtype=object).reshape(n, 3),
-        details=np.array([[r.get("detail", {}).get(m, "") for m in MODALITY_NAMES] for r in rows], dtype=object).reshape(n, 3),
-        labels=labels,
-        task=task,
-        speakers=[r.get("speaker", "") or "" for r in rows],
-        dialogues=[r.get("dialogue") or r["id"] for r in rows],
-        order=np.array([r.get("order", 0) for r in rows], dtype=np.int64),
-        splits=[r.get("split", "") or "" for r in rows],
-        extractors={m: header["modalities"][m].get("extractor", {}) for m in MODALITY_NAMES},
-    )
-
-
-def make_validation_split(fs: FeatureSet, fraction: float, seed: int) -> FeatureSet:
-    """Move a random ``fraction`` of training *dialogues* to 'valid' (whole dialogues, so no leakage).
-
-    Used when the data has no validation split: model selection then never looks at test.
-    """
-    if "valid" in fs.splits:
-        return fs
-    train_dialogues = sorted({d for d, s in zip(fs.dialogues, fs.splits) if s == "train"})
-    if len(train_dialogues) < 2:
-        raise BadInput("need at least 2 training dialogues to hold one out for validation")
-    rng = np.random.default_rng(seed)
-    k = min(len(train_dialogues) - 1, max(1, int(round(fraction * len(train_dialogues)))))
-    held = set(rng.choice(train_dialogues, size=k, replace=False).tolist())
-    out = fs.subset(np.arange(len(fs)))
-    out.splits = ["valid" if (s == "train" and d in held) else s for d, s in zip(fs.dialogues, fs.splits)]
-    return out
 
 
 # ---------------------------------------------------------------------- tensors & batches

@@ -2,9 +2,10 @@
 
 ``fit`` runs a method's stages in order (ComP: "unimodal" then "fusion"), each with its own
 optimiser, early stopping on the selection split and a restore of that stage's best weights.
-Device, mixed precision, seeds, mask redraw and progress live here, once.
+Device, mixed precision, mask redraw and progress live here, once; which rows train and which
+select, and the global seed, are decided by :func:`imer.fusion.experiment.run_experiment`.
 
-Model selection:
+Model selection (the split is chosen by ``run_experiment``):
     * ``selection="valid"`` (default, honest): the data's validation split, or — when it has
       none (IEMOCAP's pickle) — ``val_fraction`` of the training *dialogues* held out by seed.
       Evaluation masks are fixed per seed.
@@ -27,44 +28,18 @@ from typing import Callable
 import numpy as np
 import torch
 
+from imer.devices import autocast, resolve_device
 from imer.errors import BadInput
 from imer.fusion.base import FusionMethod
-from imer.fusion.data import FeatureSet, TensorData, make_validation_split
-from imer.fusion.metrics import compute_metrics, primary_metric
-from imer.fusion.missing import MaskSchedule, MissingProtocol
-from imer.types import TaskKind
+from imer.fusion.data import TensorData
+from imer.fusion.evaluation import default_batch_size, evaluate
+from imer.fusion.metrics import primary_metric
+from imer.fusion.missing import MaskSchedule
+from imer.fusion.train_config import TrainConfig
+from imer.progress import Progress, report
+from imer.store.featureset import FeatureSet
 
-
-@dataclass
-class TrainConfig:
-    epochs: int = 100  # total over all stages, split by the method's stage_fractions
-    lr: float = 1e-4  # official ComP command
-    weight_decay: float = 1e-5  # official ComP command (Adam L2)
-    batch_size: int | None = None  # default: 32 dialogues or 256 utterances
-    batch_mode: str | None = None  # "dialogue" | "utterance"; default: the method's
-    patience: int | None = 30  # epochs without improvement before a stage stops; None = never
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA (fp16 + scaler where bf16 is unsupported); off on CPU
-    missing_rate: float | None = 0.0
-    condition: str | None = None
-    val_fraction: float = 0.1
-    selection: str = "valid"  # "valid" (honest) | "test" (official protocol, optimistic)
-    grad_clip: float | None = 5.0
-    min_stage_epochs: int = 1
-    bucket: bool = True  # dialogue batches of similar length (less padding); False = fully random batches
-
-    def protocol(self) -> MissingProtocol:
-        if self.condition is not None:
-            return MissingProtocol(condition=self.condition)
-        return MissingProtocol(missing_rate=float(self.missing_rate or 0.0))
-
-    def validate(self) -> None:
-        if self.selection not in ("valid", "test"):
-            raise BadInput(f"selection {self.selection!r}: use 'valid' or 'test'")
-        if self.epochs < 1:
-            raise BadInput("epochs must be at least 1")
-        self.protocol()
+__all__ = ["TrainConfig", "TrainResult", "fit", "seed_everything"]
 
 
 @dataclass
@@ -75,15 +50,10 @@ class TrainResult:
     epochs_run: int = 0
     device: str = "cpu"
     selection_split: str = "valid"
+    metric: str = ""  # the selection metric (WA, Acc2, ...)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def resolve_device(name: str) -> torch.device:
-    from imer.devices import resolve_device as resolve_name
-
-    return torch.device(resolve_name(name))
 
 
 def seed_everything(seed: int) -> None:
@@ -92,84 +62,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if device.type == "cuda" and enabled:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype), dtype
-    return torch.autocast(device.type, enabled=False), None
-
-
-def prepare_splits(fs: FeatureSet, cfg: TrainConfig) -> tuple[FeatureSet, FeatureSet, str]:
-    """(train, selection) sets; holds out validation dialogues when the data has none."""
-    if "train" not in fs.splits:
-        raise BadInput("the data has no 'train' split; assign splits in the manifest or importer")
-    if cfg.selection == "test":
-        if "test" not in fs.splits:
-            raise BadInput("--selection test needs a 'test' split")
-        return fs.split("train"), fs.split("test"), "test"
-    # Unlabelled utterances stay in their dialogues (context for dialogue methods); losses and
-    # metrics skip them through the labelled mask.
-    with_val = make_validation_split(fs, cfg.val_fraction, cfg.seed)
-    return with_val.split("train"), with_val.split("valid"), "valid"
-
-
-@torch.no_grad()
-def predict_outputs(
-    method: FusionMethod,
-    data: TensorData,
-    mask: np.ndarray | None,
-    batch_mode: str,
-    batch_size: int,
-    amp: bool = False,
-) -> np.ndarray:
-    """Model outputs aligned to ``data.fs`` rows: probabilities ``[N, C]`` or values ``[N]``."""
-    method.eval()
-    pm = None if mask is None else np.asarray(mask, dtype=bool)
-    k = method.num_outputs
-    out = torch.zeros(data.n, k, device=data.device)
-    ctx, _ = _autocast(data.device, amp)
-    for batch in data.iterate(batch_mode, batch_size, shuffle=False, protocol_mask=pm):
-        with ctx:
-            logits = method(batch).logits.float()
-        sel = batch.valid
-        vals = torch.softmax(logits, -1) if method.task.kind == TaskKind.CLASSIFICATION else logits
-        out[batch.index[sel]] = vals[sel]
-    arr = out.cpu().numpy()
-    return arr if method.task.kind == TaskKind.CLASSIFICATION else arr[:, 0]
-
-
-def evaluate(
-    method: FusionMethod,
-    data: TensorData,
-    mask: np.ndarray | None,
-    batch_mode: str,
-    batch_size: int,
-    amp: bool = False,
-) -> dict[str, float]:
-    outputs = predict_outputs(method, data, mask, batch_mode, batch_size, amp)
-    sel = data.fs.labelled()
-    return compute_metrics(method.task, data.fs.labels[sel], outputs[sel])
-
-
-ProgressFn = Callable[[dict], None]
-
-
 def fit(
     method: FusionMethod,
-    fs: FeatureSet,
+    train_fs: FeatureSet,
+    sel_fs: FeatureSet,
     cfg: TrainConfig,
-    progress: ProgressFn | None = None,
+    sel_name: str = "valid",
+    progress: Progress | None = None,
     on_stage_end: Callable[[str, FusionMethod, TrainResult], None] | None = None,
 ) -> TrainResult:
-    """Train ``method`` on ``fs`` (already standardised) following ``cfg``.
+    """Train ``method`` on ``train_fs``, selecting each stage's best epoch on ``sel_fs``.
 
-    ``progress`` receives dicts: ``{"event": "stage", ...}``, ``{"event": "epoch", ...}``.
-    ``on_stage_end`` is called after each stage's best weights are restored (checkpointing).
+    Both sets are ready (split and normalised by the caller: :func:`~imer.fusion.experiment.run_experiment`
+    owns splitting and seeding). ``progress`` gets one event per epoch, stage ``"stage <name>"``,
+    with the loss and the selection metric by name. ``on_stage_end`` is called after each stage's
+    best weights are restored (checkpointing).
     """
     cfg.validate()
-    seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    train_fs, sel_fs, sel_name = prepare_splits(fs, cfg)
+    if len(train_fs) == 0:
+        raise BadInput("no utterance to train on (the 'train' split is empty)")
     if len(sel_fs) == 0 or not sel_fs.labelled().any():
         raise BadInput(f"the {sel_name} split has no labelled utterances to select a model on")
     train = TensorData(train_fs, device)
@@ -178,9 +90,9 @@ def fit(
     train_masks = MaskSchedule(protocol, cfg.seed, train_fs.present)
     sel_mask = MaskSchedule(protocol, cfg.seed, sel_fs.present).eval_mask(len(sel_fs))
     mode = cfg.batch_mode or method.default_batch_mode
-    bs = cfg.batch_size or (32 if mode == "dialogue" else 256)
+    bs = cfg.batch_size or default_batch_size(mode)
     method.to(device)
-    autocast_ctx, amp_dtype = _autocast(device, cfg.amp)
+    autocast_ctx, amp_dtype = autocast(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     key = primary_metric(method.task)
 
@@ -189,7 +101,7 @@ def fit(
     fractions = np.asarray(method.stage_fractions, dtype=float)
     stage_epochs = np.maximum(cfg.min_stage_epochs, np.floor(cfg.epochs * fractions / fractions.sum())).astype(int)
     stage_epochs[-1] = max(cfg.min_stage_epochs, cfg.epochs - int(stage_epochs[:-1].sum()))
-    result = TrainResult(device=str(device), selection_split=sel_name)
+    result = TrainResult(device=str(device), selection_split=sel_name, metric=key)
     start = time.perf_counter()
     global_epoch = 0
     for stage, n_epochs in zip(method.stages, stage_epochs):
@@ -198,8 +110,7 @@ def fit(
         params = [p for g in groups for p in g["params"]]
         opt = torch.optim.Adam(groups, lr=cfg.lr)
         best_score, best_state, best_epoch, bad = -math.inf, None, -1, 0
-        if progress:
-            progress({"event": "stage", "stage": stage, "epochs": int(n_epochs), "batches": train.num_batches(mode, bs)})
+        report(progress, f"stage {stage}", 0, int(n_epochs))
         for epoch in range(int(n_epochs)):
             method.train()
             mask = torch.from_numpy(train_masks.train_mask(train.n, global_epoch))
@@ -244,8 +155,10 @@ def fit(
             result.history.append(record)
             global_epoch += 1
             result.epochs_run = global_epoch
-            if progress:
-                progress({"event": "epoch", **record, "best": best_score, "epochs": int(n_epochs)})
+            report(
+                progress, f"stage {stage}", epoch + 1, int(n_epochs),
+                loss=record["loss"].get("total", float("nan")), split=sel_name, metric=key, value=score, best=best_score,
+            )
             if cfg.patience is not None and bad >= cfg.patience:
                 break
         method.load_state_dict(best_state)  # restore the stage's best weights (Departures 8 of ComP)

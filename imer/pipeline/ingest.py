@@ -42,7 +42,8 @@ from imer.pipeline.media import (
     probe,
     sample_frames,
 )
-from imer.pipeline.streams import SILENCE_RMS, StreamStatus, audio_status, text_status
+from imer.pipeline.decode import DecodeConfig  # noqa: F401  (re-exported: the decode settings live there)
+from imer.pipeline.streams import StreamStatus, audio_status, text_status
 from imer.pipeline.transcripts import Transcript, decode_text, load_transcript
 from imer.types import MissingReason, Modality
 
@@ -414,27 +415,6 @@ def _ids_from_paths(utts: list[Utterance], base: Path) -> None:
 
 
 # -- decoding -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DecodeConfig:
-    """How media is turned into arrays. Part of every cache key: changing a field re-extracts."""
-
-    sample_rate: int = 16000
-    fps: float = 2.0
-    max_frames: int = 16
-    max_side: int = 640
-    silence_rms: float = SILENCE_RMS
-    skip_nonref: bool = True  # see media.sample_frames
-
-    def __post_init__(self) -> None:
-        # Caught here, not per file: a bad setting is the user's, not a broken video's.
-        if self.fps <= 0:
-            raise BadInput(f"--fps {self.fps}: must be > 0")
-        if self.max_frames < 1:
-            raise BadInput(f"--max-frames {self.max_frames}: must be at least 1")
-        if self.sample_rate < 1000 or self.max_side < 16:
-            raise BadInput(f"decode settings out of range: sample_rate {self.sample_rate}, max_side {self.max_side}")
 
 
 @dataclass

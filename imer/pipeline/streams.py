@@ -2,38 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from imer.types import MissingReason
+from imer.types import MissingReason, StreamStatus  # noqa: F401  (StreamStatus re-exported for the pipeline)
 
 # RMS (of float samples in [-1, 1]) below which an audio track counts as silent: about -60 dBFS.
 # The RAVDESS video-only releases carry an all-zero AAC track (RMS 0); room tone in real
 # recordings sits around -50 to -40 dBFS, speech far above.
 SILENCE_RMS = 1e-3
-
-
-@dataclass(frozen=True)
-class StreamStatus:
-    """Whether one modality of one utterance is usable, and if not, why."""
-
-    present: bool
-    reason: MissingReason = MissingReason.PRESENT
-    detail: str = ""
-
-    @classmethod
-    def ok(cls) -> "StreamStatus":
-        return cls(True)
-
-    @classmethod
-    def missing(cls, reason: MissingReason, detail: str = "") -> "StreamStatus":
-        if reason == MissingReason.PRESENT:
-            raise ValueError("a missing stream needs a reason other than PRESENT")
-        return cls(False, reason, detail)
-
-    def to_dict(self) -> dict:
-        return {"present": self.present, "reason": self.reason.value, "detail": self.detail}
 
 
 def audio_status(samples: np.ndarray | None, has_track: bool, threshold: float = SILENCE_RMS) -> StreamStatus:

@@ -1,15 +1,14 @@
-"""Faces (MTCNN detection + alignment), the offline ``faceprint`` backend and MA-Net (network + backend).
+"""Faces (MTCNN detection with retries at larger sizes, alignment, the shared detection config) and
+the offline ``faceprint`` backend. MA-Net's own tests are in ``test_manet.py``.
 
-Real RAVDESS frames from ``../shared/data``; MTCNN runs on CPU on a handful of frames shrunk to
-320 px, and every MA-Net checkpoint is a random-initialised one written to a temp dir.
+Real RAVDESS frames from ``../shared/data``; MTCNN runs on CPU on a handful of frames.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-import pickle
-import sys
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from imer.errors import BadInput
-from imer.extractors.base import Missing, build_extractor
+from imer.extractors.base import Missing, build_extractor, identity_config
 from imer.types import MissingReason
 
 CLIP = "av-clips/ravdess-actor01/Actor_01/01-01-08-02-02-02-01.mp4"  # surprised, strong intensity
@@ -72,6 +71,7 @@ def test_detector_finds_the_face_on_real_frames(real_faces, real_frames):
         h, w = frame.shape[:2]
         x1, y1, x2, y2 = face.box
         assert face.prob >= 0.9
+        assert face.detect_side == 320  # found in the first, fast pass: no retry
         assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h
         # RAVDESS: one actor, centred, head about a third of the frame height.
         assert 0.2 * h < y2 - y1 < 0.9 * h and 0.1 * w < x2 - x1 < 0.5 * w
@@ -129,6 +129,53 @@ def test_detector_batches_frames_of_different_sizes(detector, real_faces, real_f
     np.testing.assert_allclose(got[2].box, ref - [280, 0, 280, 0], atol=25)
 
 
+def _small_actor_in_a_large_frame(frame: np.ndarray, face_box: np.ndarray, face_px: int = 50):
+    """The whole RAVDESS frame shrunk until MTCNN's face box is ``face_px`` tall, pasted into a dark 1920x1080
+    canvas (a distant person in a phone video). Returns (canvas, expected face box)."""
+    k = face_px / float(face_box[3] - face_box[1])
+    w, h = round(frame.shape[1] * k), round(frame.shape[0] * k)
+    x0, y0 = 1300, 620
+    canvas = np.full((1080, 1920, 3), 40, np.uint8)
+    canvas[y0 : y0 + h, x0 : x0 + w] = _resize(frame, w, h)
+    sx, sy = w / frame.shape[1], h / frame.shape[0]
+    return canvas, face_box * np.array([sx, sy, sx, sy]) + [x0, y0, x0, y0]
+
+
+def test_small_face_in_a_large_frame_is_found_by_retrying_larger(real_faces, real_frames):
+    """A 50-px face box in 1920x1080 is ~8 px at 320 (MTCNN's smallest is 20): no face without
+    retries, a face with the default ones (found at 640 here; at 80 px it is already found at 320)."""
+    from imer.extractors.faces import FaceDetector
+
+    canvas, expected = _small_actor_in_a_large_frame(real_frames[0], real_faces[0].box)
+    (no_retry,) = FaceDetector(crop_size=64, retry_sides=()).detect([canvas])
+    assert no_retry is None
+    (face,) = FaceDetector(crop_size=64).detect([canvas])  # default retry_sides (640, 1280)
+    assert face is not None and face.prob >= 0.9
+    assert face.detect_side in (640, 1280)  # the longer side of the image MTCNN found it in
+    np.testing.assert_allclose(face.box, expected, atol=8)  # mapped back to full-resolution pixels
+    assert face.crop.shape == (64, 64, 3) and face.crop.std() > 10
+
+
+def test_retries_run_only_on_frames_without_a_face_batched_per_size(detector, real_frames, monkeypatch):
+    """Pass 1 at 320 for all; then 640 and 1280 for the faceless frames only, capped at each frame's own
+    size (a 640x360 frame is not tried again at 1280); one MTCNN call per size, chunked by batch_frames."""
+    from imer.extractors.faces import FaceDetector
+
+    calls: list[tuple[int, ...]] = []
+    run = detector._run_mtcnn
+    monkeypatch.setattr(detector, "_run_mtcnn", lambda small: calls.append(small.shape) or run(small))
+    got = detector.detect([_black(1080, 1920), _black(360, 640), real_frames[0]])
+    assert got[0] is None and got[1] is None and got[2] is not None and got[2].detect_side == 320
+    assert calls == [(3, 180, 320, 3), (2, 360, 640, 3), (1, 720, 1280, 3)]
+
+    calls.clear()
+    small_batches = FaceDetector(crop_size=64, batch_frames=2)
+    run2 = small_batches._run_mtcnn
+    monkeypatch.setattr(small_batches, "_run_mtcnn", lambda small: calls.append(small.shape) or run2(small))
+    assert small_batches.detect([_black(200, 200)] * 3) == [None] * 3  # smaller than every size: one pass
+    assert calls == [(2, 200, 200, 3), (1, 200, 200, 3)]
+
+
 def test_align_crop_levels_a_tilted_pair_of_eyes():
     """Synthetic frame with two bright 'eyes' at 20 degrees: the crop shows them level, where predicted."""
     from imer.extractors.faces import align_crop
@@ -158,6 +205,73 @@ def test_detector_rejects_bad_frames(detector):
         detector.detect([_black(), np.zeros((10, 10), np.uint8)])
     with pytest.raises(BadInput, match="uint8"):
         detector.detect([np.zeros((10, 10, 3), np.float32)])
+
+
+# -- FaceDetectConfig: declared once, inherited by the video backends ---------------------------------
+def test_face_detect_config_is_shared_flat_and_validated_once():
+    from imer.extractors.backends.faceprint import FaceprintConfig
+    from imer.extractors.backends.manet import ManetConfig
+    from imer.extractors.faces import FaceDetectConfig
+
+    shared = [f.name for f in dataclasses.fields(FaceDetectConfig)]
+    assert shared == ["margin", "min_prob", "min_face_size", "detect_side", "retry_sides", "batch_frames"]
+    for cls in (FaceprintConfig, ManetConfig):
+        assert issubclass(cls, FaceDetectConfig)
+        own = {f.name: f for f in dataclasses.fields(cls)}
+        assert set(shared) <= set(own)  # flat keys, as bundles store them
+        assert "batch_frames" not in identity_config(cls())  # a speed knob, out of the cache key
+        assert cls().retry_sides == (640, 1280)
+        # Validation lives in FaceDetectConfig: both backends refuse the same way.
+        with pytest.raises(BadInput, match="min_prob"):
+            cls(min_prob=1.5)
+        with pytest.raises(BadInput, match="detect_side must be >= 24"):
+            cls(detect_side=16)
+        with pytest.raises(BadInput, match=r"retry_sides.*\[640, 1280\]"):
+            cls(retry_sides="640,1280")
+
+    # JSON gives lists: back to a sorted tuple of ints; sizes not above detect_side are never used.
+    assert FaceDetectConfig(retry_sides=[1280, 640.0, 640]).retry_sides == (640, 1280)
+    assert FaceDetectConfig(retry_sides=960).retry_sides == (960,)
+    assert FaceDetectConfig(detect_side=640).retry_sides == (1280,)
+    assert FaceDetectConfig(retry_sides=[]).retry_sides == ()
+    cfg = FaceprintConfig(crop_size=80, retry_sides=(960,))
+    assert FaceprintConfig(**json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
+
+
+def test_configs_from_bundles_written_before_retry_sides_still_load():
+    """Old bundles stored the flat keys without retry_sides (and JSON lists): they load as before."""
+    from imer.extractors.backends.faceprint import FaceprintConfig
+    from imer.extractors.backends.manet import ManetConfig
+
+    old_faceprint = {
+        **{"crop_size": 64, "orientations": 9, "pixels_per_cell": 8, "cells_per_block": 2},
+        **{"margin": 0.2, "min_prob": 0.9, "min_face_size": 20, "detect_side": 640},
+    }
+    cfg = FaceprintConfig(**old_faceprint)
+    assert cfg.detect_side == 640 and cfg.retry_sides == (1280,)
+    old_manet = {
+        **{"checkpoint": "/models/manet.pth", "num_classes": 7, "reverse_second_cascade": True, "input_size": 224},
+        **{"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]},
+        **{"margin": 0.2, "min_prob": 0.9, "min_face_size": 20, "detect_side": 320},
+    }
+    cfg = ManetConfig(**old_manet)
+    assert cfg.reverse_second_cascade is True  # what the bundle recorded wins over the new default
+    assert cfg.mean == (0.0, 0.0, 0.0) and cfg.retry_sides == (640, 1280)
+
+
+def test_detector_from_config_takes_the_shared_fields(real_frames):
+    pytest.importorskip("facenet_pytorch")
+    from imer.extractors.backends.manet import ManetConfig
+    from imer.extractors.faces import FaceDetectConfig, FaceDetector
+
+    cfg = ManetConfig(margin=0.3, min_prob=0.8, detect_side=256, retry_sides=[512], batch_frames=4)
+    det = FaceDetector.from_config(cfg, crop_size=cfg.input_size)
+    assert det.crop_size == 224
+    assert det.config == FaceDetectConfig(margin=0.3, min_prob=0.8, detect_side=256, retry_sides=(512,), batch_frames=4)
+    (face,) = det.detect(real_frames[:1])
+    assert face is not None and face.detect_side == 256 and face.crop.shape == (224, 224, 3)
+    with pytest.raises(BadInput, match="unknown face-detection option.*detect_sides"):
+        FaceDetector(crop_size=64, detect_sides=320)
 
 
 # -- faceprint ---------------------------------------------------------------------------------------
@@ -195,8 +309,9 @@ def test_faceprint_config_key_and_dim_follow_the_options():
 
     base = build_extractor("faceprint")
     assert base.key() == build_extractor("faceprint", {}).key()
-    for change in ({"orientations": 12}, {"crop_size": 96}, {"min_prob": 0.95}, {"detect_side": 480}):
+    for change in ({"orientations": 12}, {"crop_size": 96}, {"min_prob": 0.95}, {"detect_side": 480}, {"retry_sides": []}):
         assert build_extractor("faceprint", change).key() != base.key(), change
+    assert build_extractor("faceprint", {"batch_frames": 4}).key() == base.key()  # speed only
     assert build_extractor("faceprint", {"orientations": 12}).dim == 1764 // 9 * 12 + 19
     assert build_extractor("faceprint", {"crop_size": 96}).dim == 11 * 11 * 4 * 9 + 19
     # The config round-trips through its dict (what bundles store).
@@ -208,269 +323,3 @@ def test_faceprint_config_key_and_dim_follow_the_options():
         build_extractor("faceprint", {"orientation": 9})
 
 
-# -- MA-Net: the network -----------------------------------------------------------------------------
-def _bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.{n}": (c,) for n in ("weight", "bias", "running_mean", "running_var")} | {
-        f"{prefix}.num_batches_tracked": ()
-    }
-
-
-def _block(prefix: str, kind: str, cin: int, cout: int, stride: int) -> dict[str, tuple[int, ...]]:
-    """Keys of one block as written in the official model/manet.py + attention.py."""
-    keys = {f"{prefix}.conv1.weight": (cout, cin, 3, 3), **_bn(f"{prefix}.bn1", cout)}
-    if kind in ("basic", "attention"):
-        keys |= {f"{prefix}.conv2.weight": (cout, cout, 3, 3), **_bn(f"{prefix}.bn2", cout)}
-    if kind == "attention":  # CBAM(planes, 16)
-        cbam = f"{prefix}.cbam"
-        keys |= {
-            f"{cbam}.ChannelGate.mlp.1.weight": (cout // 16, cout),
-            f"{cbam}.ChannelGate.mlp.1.bias": (cout // 16,),
-            f"{cbam}.ChannelGate.mlp.3.weight": (cout, cout // 16),
-            f"{cbam}.ChannelGate.mlp.3.bias": (cout,),
-            f"{cbam}.SpatialGate.spatial.conv.weight": (1, 2, 7, 7),
-            **_bn(f"{cbam}.SpatialGate.spatial.bn", 1),
-        }
-    if kind == "mulscale":  # 2 cascades x 4 groups of cout/4 channels
-        w = cout // 4
-        for c in (1, 2):
-            for g in (1, 2, 3, 4):
-                keys |= {f"{prefix}.conv{c}_2_{g}.weight": (w, w, 3, 3), **_bn(f"{prefix}.bn{c}_2_{g}", w)}
-    if stride != 1 or cin != cout:
-        keys |= {f"{prefix}.downsample.0.weight": (cout, cin, 1, 1), **_bn(f"{prefix}.downsample.1", cout)}
-    return keys
-
-
-# (stage, block kind, in channels, out channels, stride of its first block); 2 blocks per stage.
-MANET_STAGES = [
-    ("layer1", "basic", 64, 64, 1),
-    ("layer2", "basic", 64, 128, 2),
-    *[(f"layer3_1_p{p}", "attention", 128, 256, 2) for p in (1, 2, 3, 4)],
-    *[(f"layer4_1_p{p}", "attention", 256, 512, 1) for p in (1, 2, 3, 4)],
-    ("layer3_2", "mulscale", 128, 256, 2),
-    ("layer4_2", "mulscale", 256, 512, 2),
-]
-
-
-def official_manet_keys(num_classes: int = 7) -> dict[str, tuple[int, ...]]:
-    keys = {"conv1.weight": (64, 3, 7, 7), **_bn("bn1", 64)}
-    for stage, kind, cin, cout, stride in MANET_STAGES:
-        keys |= _block(f"{stage}.0", kind, cin, cout, stride)
-        keys |= _block(f"{stage}.1", kind, cout, cout, 1)
-    for fc in ("fc_1", "fc_2"):
-        keys |= {f"{fc}.weight": (num_classes, 512), f"{fc}.bias": (num_classes,)}
-    return keys
-
-
-@pytest.fixture(scope="module")
-def manet_model():
-    from imer.extractors.manet import MANet
-
-    torch.manual_seed(0)
-    model = MANet().eval()
-    with torch.no_grad():  # non-trivial BN statistics, so a load that skipped them would show
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return model
-
-
-@pytest.fixture(scope="module")
-def manet_state(manet_model) -> dict:
-    return {k: v.clone() for k, v in manet_model.state_dict().items()}
-
-
-def test_manet_key_layout_matches_the_official_table(manet_state):
-    from imer.extractors.manet import expected_state_dict_keys
-
-    table = official_manet_keys()
-    assert len(table) == 692
-    assert expected_state_dict_keys() == table
-    assert {k: tuple(v.shape) for k, v in manet_state.items()} == table
-    assert list(expected_state_dict_keys(12666).items())[-4:] == [
-        ("fc_1.weight", (12666, 512)),
-        ("fc_1.bias", (12666,)),
-        ("fc_2.weight", (12666, 512)),
-        ("fc_2.bias", (12666,)),
-    ]
-    buffers = ("running_mean", "running_var", "num_batches_tracked")
-    n_params = sum(math.prod(s) for k, s in table.items() if not k.endswith(buffers))
-    assert n_params == 50_547_214
-
-
-def test_manet_forward_shapes_and_embedding(manet_model, manet_state):
-    from imer.extractors.backends.manet import MANET_EMBED_DIM
-    from imer.extractors.manet import EMBED_DIM, MANet
-
-    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        logits_1, logits_2 = manet_model(x)
-        local, glob = manet_model.branches(x)
-        emb = manet_model.embed(x)
-        head_1, head_2 = manet_model.fc_1(local), manet_model.fc_2(glob)
-    assert logits_1.shape == logits_2.shape == (2, 7)
-    assert emb.shape == (2, EMBED_DIM) and EMBED_DIM == MANET_EMBED_DIM == 1024
-    torch.testing.assert_close(emb, torch.cat([local, glob], dim=1))  # local branch first
-    torch.testing.assert_close(logits_1, head_1)
-    torch.testing.assert_close(logits_2, head_2)
-    # The cascade order of the multi-scale blocks changes the global half only.
-    other = MANet(reverse_second_cascade=False).eval()
-    other.load_state_dict(manet_state, strict=True)
-    with torch.inference_mode():
-        emb_other = other.embed(x)
-    torch.testing.assert_close(emb_other[:, :512], emb[:, :512])
-    assert not torch.allclose(emb_other[:, 512:], emb[:, 512:])
-
-
-# -- MA-Net: checkpoints -----------------------------------------------------------------------------
-def _assert_same_weights(model, state: dict) -> None:
-    got = model.state_dict()
-    assert set(got) == set(state)
-    for k, v in state.items():
-        assert torch.equal(got[k], v), k
-
-
-def test_dataparallel_pth_loads_strictly_with_weights_only(tmp_path, manet_state, monkeypatch):
-    from imer.extractors.backends.manet import load_manet
-
-    path = tmp_path / "manet.pth"
-    torch.save({f"module.{k}": v for k, v in manet_state.items()}, path)
-    calls = []
-    real_load = torch.load
-    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw) or real_load(*a, **kw))
-    model = load_manet(path)
-    assert calls and all(kw.get("weights_only") is True for kw in calls)
-    _assert_same_weights(model, manet_state)
-    assert not model.training
-
-
-class RecorderMeter:
-    """Same shape as the official main.py's recorder, pickled as ``__main__.RecorderMeter``."""
-
-    def __init__(self, total_epoch: int):
-        self.total_epoch = total_epoch
-        self.current_epoch = 0
-        self.epoch_losses = np.zeros((total_epoch, 2), dtype=np.float32)
-        self.epoch_accuracy = np.zeros((total_epoch, 2), dtype=np.float32)
-
-
-def test_official_training_checkpoint_layout_loads(tmp_path, manet_state, monkeypatch):
-    """{'epoch', 'state_dict', 'best_acc', 'optimizer', 'recorder'} as the official main.py saves it."""
-    from imer.extractors.backends.manet import load_manet
-
-    monkeypatch.setattr(RecorderMeter, "__module__", "__main__")
-    monkeypatch.setattr(sys.modules["__main__"], "RecorderMeter", RecorderMeter, raising=False)
-    head = torch.nn.Linear(4, 2)
-    opt = torch.optim.SGD(head.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    head(torch.ones(1, 4)).sum().backward()
-    opt.step()  # momentum buffers in the optimizer state, as in a real checkpoint
-    path = tmp_path / "[02-08]-[21-19]-model_best.pth.tar"
-    torch.save(
-        {
-            "epoch": 40,
-            "state_dict": {f"module.{k}": v for k, v in manet_state.items()},
-            "best_acc": torch.tensor([88.33]),
-            "optimizer": opt.state_dict(),
-            "recorder": RecorderMeter(100),
-        },
-        path,
-    )
-    with pytest.raises(pickle.UnpicklingError):  # plain weights_only refuses it: the allowlist is needed
-        torch.load(path, map_location="cpu", weights_only=True)
-    _assert_same_weights(load_manet(path), manet_state)
-
-
-_EXECUTED: list[str] = []
-
-
-def _payload() -> None:
-    _EXECUTED.append("ran")
-
-
-class _Exploit:
-    def __reduce__(self):
-        return (_payload, ())
-
-
-def test_pickled_code_is_refused_and_never_runs(tmp_path):
-    from imer.extractors.backends.manet import read_checkpoint
-
-    path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "extra": _Exploit()}, path)
-    with pytest.raises(BadInput, match=r"weights_only=True.*_payload.*safetensors"):
-        read_checkpoint(path)
-    assert _EXECUTED == []
-
-
-def test_wrong_keys_fail_with_a_clear_message(tmp_path, manet_state):
-    from imer.extractors.backends.manet import check_state_dict, load_manet
-    from imer.extractors.manet import expected_state_dict_keys
-
-    bad = dict(manet_state)
-    bad["fc1.weight"] = bad.pop("fc_1.weight")
-    path = tmp_path / "renamed.pth"
-    torch.save(bad, path)
-    with pytest.raises(BadInput) as err:
-        load_manet(path)
-    msg = str(err.value)
-    assert "renamed.pth" in msg
-    assert "1 missing key(s): fc_1.weight" in msg and "1 unexpected key(s): fc1.weight" in msg
-
-    # The MS-Celeb-1M pre-training checkpoint differs only in its classifiers: say so.
-    celeb = dict(manet_state)
-    for fc in ("fc_1", "fc_2"):
-        celeb[f"{fc}.weight"], celeb[f"{fc}.bias"] = torch.zeros(12666, 512), torch.zeros(12666)
-    with pytest.raises(BadInput, match=r"shape mismatch.*MS-Celeb-1M.*num_classes=12666"):
-        check_state_dict(celeb, expected_state_dict_keys(7), "celeb.pth")
-    check_state_dict(celeb, expected_state_dict_keys(12666), "celeb.pth")  # and it fits with that option
-
-
-def test_safetensors_checkpoint_loads(tmp_path, manet_state):
-    from safetensors.torch import save_file
-
-    from imer.extractors.backends.manet import load_manet
-
-    path = tmp_path / "manet_rafdb.safetensors"
-    save_file({k: v.contiguous() for k, v in manet_state.items()}, str(path))
-    _assert_same_weights(load_manet(path), manet_state)
-
-
-def test_missing_or_absent_checkpoint_tells_where_to_get_it(tmp_path):
-    from imer.extractors.backends.manet import read_checkpoint
-
-    with pytest.raises(BadInput, match="zengqunzhao/MA-Net"):
-        build_extractor("manet").ensure_loaded()
-    with pytest.raises(BadInput, match="not found.*zengqunzhao/MA-Net"):
-        read_checkpoint(tmp_path / "nope.pth")
-    for name in ("garbage.pth", "garbage.safetensors"):
-        (tmp_path / name).write_bytes(b"definitely not a checkpoint")
-        with pytest.raises(BadInput, match=name):
-            read_checkpoint(tmp_path / name)
-    assert build_extractor("manet").dim == 1024  # known without weights
-
-
-# -- MA-Net: the backend end to end ------------------------------------------------------------------
-def test_manet_backend_end_to_end(tmp_path, manet_model, manet_state, real_frames):
-    pytest.importorskip("facenet_pytorch")
-    from imer.extractors.backends.manet import ManetConfig
-
-    path = tmp_path / "manet.pth"
-    torch.save({f"module.{k}": v for k, v in manet_state.items()}, path)
-    ext = build_extractor("manet", {"checkpoint": str(path), "batch_size": 1})
-    out = ext.extract([real_frames, [_black()]])
-    vec = out[0]
-    assert isinstance(vec, np.ndarray) and vec.shape == (ext.dim,) == (1024,) and vec.dtype == np.float32
-    assert np.isfinite(vec).all() and vec.std() > 0
-    assert out[1] == Missing(MissingReason.NO_FACE, "no face in 1 sampled frames")
-
-    # Same numbers as running the network by hand on the aligned 224 crops, pixels in [0, 1].
-    faces = ext._detector.detect(real_frames)
-    x = torch.from_numpy(np.stack([f.crop for f in faces])).permute(0, 3, 1, 2).float() / 255
-    assert x.shape == (2, 3, 224, 224)
-    with torch.inference_mode():
-        expected = manet_model.embed(x).mean(dim=0).numpy()
-    np.testing.assert_allclose(vec, expected, rtol=1e-4, atol=1e-5)
-
-    cfg = ManetConfig(**dataclasses.asdict(ext.config))
-    assert cfg == ext.config and cfg.mean == (0.0, 0.0, 0.0)
-    assert build_extractor("manet", {"checkpoint": str(path), "margin": 0.3}).key() != ext.key()

@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from imer.extractors.base import Missing, register_extractor
+from imer.extractors.base import register_extractor
 from imer.extractors.hf import (
     HFExtractor,
     check_choice,
@@ -43,7 +43,7 @@ from imer.extractors.hf import (
     parse_layers,
     runtime_field,
 )
-from imer.types import Modality
+from imer.types import Modality, StreamStatus
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,8 @@ class DebertaExtractor(HFExtractor):
         check_layers(self.config.layers, self._n_hidden_states(), "deberta")
         self._loaded = True
 
-    def extract(self, inputs: Sequence[str | None]) -> list[np.ndarray | Missing]:
-        """One [dim] float32 vector per transcript; empty ones are Missing(EMPTY_TRANSCRIPT)."""
+    def extract(self, inputs: Sequence[str | None]) -> list[np.ndarray | StreamStatus]:
+        """One [dim] float32 vector per transcript; empty ones are StreamStatus.missing(EMPTY_TRANSCRIPT)."""
         self.ensure_loaded()
         return embed_transcripts(self, self._tokenizer, inputs, layers=self.config.layers, layer_pool=self.config.layer_pool,
                                  skip_special=self.config.skip_special, normalize=False)

@@ -12,8 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from imer.extractors.base import Extractor, Missing, register_extractor, require
-from imer.types import Modality, MissingReason
+from imer.extractors.base import Extractor, register_extractor, require
+from imer.types import MissingReason, Modality, StreamStatus
 
 _DIMS = {"eGeMAPSv02": 88, "eGeMAPSv01b": 88, "GeMAPSv01b": 62, "ComParE_2016": 6373, "emobase": 988}
 # openSMILE's functionals need some signal to summarise; below this they are all zero/NaN.
@@ -53,14 +53,14 @@ class EgemapsExtractor(Extractor):
     def dim(self) -> int:
         return _DIMS[self.config.feature_set]
 
-    def extract(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray | Missing]:
+    def extract(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray | StreamStatus]:
         self.ensure_loaded()
-        out: list[np.ndarray | Missing] = []
+        out: list[np.ndarray | StreamStatus] = []
         sr = self.config.sample_rate
         for x in inputs:
             x = np.asarray(x, dtype=np.float32).reshape(-1)
             if x.size < _MIN_SECONDS * sr:
-                out.append(Missing(MissingReason.SILENT_AUDIO, f"only {x.size / sr:.3f} s of audio"))
+                out.append(StreamStatus.missing(MissingReason.SILENT_AUDIO, f"only {x.size / sr:.3f} s of audio"))
                 continue
             v = self._smile.process_signal(x, sr).to_numpy(dtype=np.float32).reshape(-1)
             if not np.isfinite(v).all():

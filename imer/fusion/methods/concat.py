@@ -24,6 +24,11 @@ class ConcatConfig:
     dropout: float = 0.5
     classifier_layers: int = 2
 
+    @classmethod
+    def tiny(cls) -> "ConcatConfig":
+        """Small enough for the contract test."""
+        return cls(hidden=8)
+
 
 @register_method("concat")
 class Concat(FusionMethod):

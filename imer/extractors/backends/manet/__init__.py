@@ -1,27 +1,39 @@
-"""manet: 1024-d facial-expression embedding from the authors' MA-Net RAF-DB checkpoint.
+"""manet: 1024-d facial-expression embedding from GCNet's MA-Net RAF-DB checkpoint.
 
 This reproduces the community ``manet_UTT`` features (GCNet / MoMKE / ComP): per sampled frame,
-the largest MTCNN face, aligned and resized to 224x224, goes through MA-Net (``imer/extractors/
-manet.py``); the embedding is ``[local-attention 512-d, global multi-scale 512-d]``, the input of
-the two classifiers; the utterance vector is the mean over the frames where a face was found, and
-``Missing(NO_FACE)`` when there is none.
+the largest MTCNN face, aligned and resized to 224x224, goes through MA-Net (``network.py`` in this
+package, imported only by ``load()``: importing the backends must stay torch-free); the embedding
+is ``[local-attention 512-d, global multi-scale 512-d]``, the input of the two classifiers; the
+utterance vector is the mean over the frames where a face was found, and ``Missing(NO_FACE)`` when
+there is none.
+
+Network version: GCNet and MERTools vendor the authors' first ``model/manet.py``, whose
+``MulScaleBlock`` runs both cascades in forward order (``sp_x[0] -> sp_x[3]``); the checkpoint
+behind the community features was trained with that code. With random weights loaded strictly into
+both, this network matches that file to float rounding with the default
+``reverse_second_cascade=False``; ``True`` reproduces the authors' 2023 revision of the file
+(second cascade ``sp_x[3] -> sp_x[0]``), which changes the whole global half of the embedding.
 
 Preprocessing follows the official evaluation transform, ``Resize((224, 224))`` + ``ToTensor()``:
 pixels in [0, 1] and *no* mean/std normalisation (hence the defaults ``mean=0, std=1``; they are
 options only so a checkpoint trained otherwise can be used).
 
-Weights: the checkpoint has no model-hub entry, so the user points ``checkpoint`` at the file.
-``.safetensors`` loads directly; a ``.pth``/``.pth.tar`` loads only through
-``torch.load(weights_only=True)``, never a full unpickle. The official ``main.py`` saves
-``{'epoch', 'state_dict', 'best_acc', 'optimizer', 'recorder'}`` where ``recorder`` is its own
-``RecorderMeter`` object holding numpy arrays; for that one layout an inert stand-in class and
-numpy's array reconstruction are allow-listed for the weights-only unpickler (no code of the file
-runs, the recorder is discarded). Anything else that is not plain tensors is refused with the
-conversion command.
+Weights: the RAF-DB checkpoint behind the community features is GCNet's own training run, linked
+from the GCNet and MERTools READMEs (not a file of the MA-Net authors); it has no model-hub entry,
+so the user points ``checkpoint`` at the file. ``.safetensors`` loads directly; a
+``.pth``/``.pth.tar`` loads only through ``torch.load(weights_only=True)``, never a full unpickle.
+The official training script saves ``{'epoch', 'state_dict', 'best_acc', 'optimizer',
+'recorder'}`` where ``recorder`` is its own ``RecorderMeter`` object holding numpy arrays; for that
+one layout an inert stand-in class and numpy's array reconstruction are allow-listed for the
+weights-only unpickler (no code of the file runs, the recorder is discarded). Anything else that is
+not plain tensors is refused with the conversion command.
 
-Departures: faces come from MTCNN (facenet-pytorch) with eye-level alignment; the community files
-were made from OpenFace-aligned face crops, so features are close but not identical. ``checkpoint``
-is a path inside the config (the cache key therefore changes if the file is moved).
+Departures: faces come from MTCNN (facenet-pytorch) with eye-level alignment, retried at larger
+detection sizes when a frame has no face (``retry_sides``). GCNet's IEMOCAP faces were unaligned
+tight crops, and a frame without a face added a black image to the mean; only its MOSI/MOSEI
+features used aligned OpenFace faces. Here frames without a face are left out of the mean, so
+features are close to the community files but not identical. ``checkpoint`` is a path inside the
+config (the cache key therefore changes if the file is moved).
 """
 
 from __future__ import annotations
@@ -37,39 +49,40 @@ import numpy as np
 
 from imer.errors import BadInput
 from imer.extractors.base import Extractor, Missing, register_extractor, resolve_device, runtime_field
+from imer.extractors.faces import FaceDetectConfig
 from imer.types import MissingReason, Modality
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from imer.extractors.manet import MANet
+    from imer.extractors.backends.manet.network import MANet
 
-MANET_EMBED_DIM = 1024  # = imer.extractors.manet.EMBED_DIM (512 local + 512 global); no torch import here
+MANET_EMBED_DIM = 1024  # = network.EMBED_DIM (512 local + 512 global); no torch import here
 
 CHECKPOINT_HELP = (
-    "MA-Net has no model-hub entry: download the authors' RAF-DB checkpoint ('MA-Net RAF-DB', "
-    "a .pth/.pth.tar, linked from the README of https://github.com/zengqunzhao/MA-Net) and pass it "
-    "as the manet option checkpoint (CLI: --set manet.checkpoint=/path/to/file; .pth, .pth.tar or "
-    ".safetensors)"
+    "MA-Net has no model-hub entry: download the RAF-DB checkpoint behind the community manet "
+    "features (GCNet's own training run, linked from the READMEs of https://github.com/"
+    "zeroQiaoba/GCNet and https://github.com/zeroQiaoba/MERTools) and pass it as the manet option "
+    "checkpoint (CLI: --set manet.checkpoint=/path/to/file; .pth, .pth.tar or .safetensors)"
 )
 
 
 @dataclass(frozen=True)
-class ManetConfig:
+class ManetConfig(FaceDetectConfig):
+    """MA-Net options; the face-detection ones (margin, min_prob, detect_side, ...) are inherited."""
+
     checkpoint: str | None = None  # path to the RAF-DB checkpoint (.pth, .pth.tar, .safetensors)
     num_classes: int = 7  # RAF-DB's 7 basic expressions (rows of fc_1 / fc_2 in the checkpoint)
-    reverse_second_cascade: bool = True  # MulScaleBlock cascade 2 runs 4->1 (official repo, 923fa6c)
+    # False: MulScaleBlock's cascades both run 1->4, the code GCNet trained the checkpoint with;
+    # True: the second runs 4->1, the authors' 2023 revision of model/manet.py.
+    reverse_second_cascade: bool = False
     input_size: int = 224  # official Resize((224, 224)); the local branch cuts layer2's map in quadrants
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # official transform: ToTensor() only, no Normalize
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    margin: float = 0.2  # context around the MTCNN box, fraction of its longer side
-    min_prob: float = 0.9  # MTCNN probability a face must reach
-    min_face_size: int = 20  # MTCNN minimum face, in detection pixels
-    detect_side: int = 320  # frames shrunk to this longer side for detection (speed)
-    batch_frames: int = runtime_field(16)  # frames per MTCNN call (speed knob)
     batch_size: int = runtime_field(32)  # face crops per MA-Net forward (speed knob)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         # JSON round trips turn tuples into lists and paths into strings: normalise.
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
@@ -207,9 +220,12 @@ def check_state_dict(
     raise BadInput(f"{source}: {'; '.join(parts)}; {hint}")
 
 
-def load_manet(path: str | Path, num_classes: int = 7, reverse_second_cascade: bool = True) -> MANet:
-    """MANet with the checkpoint's weights, loaded with strict key matching, in eval mode (CPU)."""
-    from imer.extractors.manet import MANet, expected_state_dict_keys
+def load_manet(path: str | Path, num_classes: int = 7, reverse_second_cascade: bool = False) -> MANet:
+    """MANet with the checkpoint's weights, loaded with strict key matching, in eval mode (CPU).
+
+    ``reverse_second_cascade=False`` is the network GCNet trained its RAF-DB checkpoint with.
+    """
+    from imer.extractors.backends.manet.network import MANet, expected_state_dict_keys
 
     state = read_checkpoint(path)
     check_state_dict(state, expected_state_dict_keys(num_classes), str(path))
@@ -221,11 +237,11 @@ def load_manet(path: str | Path, num_classes: int = 7, reverse_second_cascade: b
 # -- the extractor -----------------------------------------------------------------------------------
 @register_extractor("manet")
 class ManetExtractor(Extractor):
-    """MA-Net RAF-DB embedding of the MTCNN-aligned face, mean over frames (1024-d)."""
+    """MA-Net (GCNet's RAF-DB checkpoint) embedding of the MTCNN-aligned face, mean over frames (1024-d)."""
 
     modality = Modality.VIDEO
     config_class = ManetConfig
-    description = "MA-Net (RAF-DB checkpoint) [local, global] 1024-d face embedding, mean over frames"
+    description = "MA-Net (GCNet's RAF-DB checkpoint) [local, global] 1024-d face embedding, mean over frames"
 
     def load(self) -> None:
         import torch
@@ -240,15 +256,7 @@ class ManetExtractor(Extractor):
         self._model = load_manet(cfg.checkpoint, cfg.num_classes, cfg.reverse_second_cascade).to(self._device)
         self._mean = torch.tensor(cfg.mean, device=self._device).view(1, 3, 1, 1)
         self._std = torch.tensor(cfg.std, device=self._device).view(1, 3, 1, 1)
-        self._detector = FaceDetector(
-            crop_size=cfg.input_size,
-            margin=cfg.margin,
-            min_prob=cfg.min_prob,
-            min_face_size=cfg.min_face_size,
-            detect_side=cfg.detect_side,
-            batch_frames=cfg.batch_frames,
-            device=device,
-        )
+        self._detector = FaceDetector.from_config(cfg, crop_size=cfg.input_size, device=device)
         self._loaded = True
 
     @property

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import io
 import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from imer.errors import BadInput
-from imer.fusion.data import FeatureSet
+from imer.progress import Progress, report
+from imer.store.featureset import FeatureSet
+from imer.store.spec import FeatureSpec
 from imer.types import MODALITY_NAMES, MissingReason, TaskKind, TaskSpec
 
 IEMOCAP4_LABELS = ("happy", "sad", "neutral", "angry")  # GCNet: hap(+exc), sad, neu, ang
@@ -183,28 +184,32 @@ def _load_feature(folder: Path, uid: str) -> np.ndarray | None:
 def import_community(
     labels: CommunityLabels,
     feature_dirs: dict[str, str | Path | None],
-    progress=None,
+    progress: Progress | None = None,
+    meta: dict | None = None,
 ) -> FeatureSet:
     """Build a :class:`FeatureSet` from labels plus per-modality ``.npy`` folders.
 
     Args:
         labels: from :func:`read_labels`.
         feature_dirs: modality -> folder (or None: the modality is absent for every utterance).
-        progress: optional callback ``progress(done, total)``.
+        progress: optional progress hook (stage "reading features").
+        meta: the ``imer_export.json`` of a folder written by :func:`export_community` (see
+            :func:`read_export_meta`): restores missing reasons, details and feature specs, so
+            export -> import gives back the same store.
     """
     uids = labels.utterance_ids()
     n = len(uids)
     feats: dict[str, np.ndarray] = {}
     present = np.zeros((n, 3), dtype=bool)
     reasons = np.full((n, 3), MissingReason.NO_FEATURE.value, dtype=object)
-    extractors = {}
+    specs: dict[str, FeatureSpec | None] = {}
     total = n * sum(1 for m in MODALITY_NAMES if feature_dirs.get(m))
     done = 0
     for j, m in enumerate(MODALITY_NAMES):
         folder = feature_dirs.get(m)
         if not folder:
             feats[m] = np.zeros((n, 1), np.float32)
-            extractors[m] = {"name": "none"}
+            specs[m] = None
             continue
         folder = Path(folder)
         if not folder.is_dir():
@@ -217,8 +222,8 @@ def import_community(
                 reason = "it holds Python objects that need pickle" if "pickle" in str(e) else f"{type(e).__name__}: {e}"
                 raise BadInput(f"{folder / uid}: unreadable feature file ({reason})") from None
             done += 1
-            if progress and done % 256 == 0:
-                progress(done, total)
+            if done % 256 == 0:
+                report(progress, "reading features", done, total)
         dims = {v.shape[-1] for v in vecs if v is not None}
         if not dims:
             raise BadInput(f"{m}: no feature file in {folder} matches any utterance id (e.g. {uids[0]}.npy)")
@@ -232,18 +237,17 @@ def import_community(
                 present[i, j] = True
                 reasons[i, j] = MissingReason.PRESENT.value
         feats[m] = arr
-        extractors[m] = {"name": f"community:{folder.name}", "config": {"folder": folder.name}}
-    if progress:
-        progress(total, total)
+        specs[m] = FeatureSpec(name=f"community:{folder.name}", dim=d, config={"folder": folder.name})
+    report(progress, "reading features", total, total)
     speakers, dialogues, order, splits, ys = [], [], [], [], []
     for vid, us in labels.dialogues.items():
         for k, _ in enumerate(us):
-            speakers.append(labels.speakers[vid][k] or vid)
+            speakers.append(labels.speakers[vid][k] or ("" if meta is not None else vid))
             dialogues.append(vid)
             order.append(k)
             splits.append(labels.splits[vid])
             ys.append(labels.labels[vid][k])
-    return FeatureSet(
+    fs = FeatureSet(
         ids=uids,
         feats=feats,
         present=present,
@@ -254,27 +258,163 @@ def import_community(
         dialogues=dialogues,
         order=np.asarray(order),
         splits=splits,
-        extractors=extractors,
+        specs=specs,
+    )
+    return fs if meta is None else _apply_meta(fs, meta)
+
+
+# -- the way out: imer store -> GCNet layout ------------------------------------------------------
+EXPORT_META = "imer_export.json"
+EXPORT_FORMAT = "imer-community-export"
+
+
+def _folder_name(m: str, spec: FeatureSpec) -> str:
+    if spec.imported:
+        return spec.name.split(":", 1)[1]
+    return f"{spec.name}-{m}_UTT"
+
+
+def export_community(fs: FeatureSet, out: str | Path, name: str = "imer", progress: Progress | None = None) -> dict:
+    """Write ``fs`` in the GCNet layout, so the official code of other methods can train on it.
+
+    Writes ``<name>_features_raw.pkl`` (plain lists and dicts only: ``[videoIDs, videoLabels,
+    videoSpeakers, videoSentences, trainVid, testVid]``, plus ``valVid`` before ``testVid`` when
+    the store has a validation split, as the MOSI files do), one folder of ``<utt_id>.npy`` per
+    modality (absent entries get no file, as in the community data), and ``imer_export.json``
+    with what the layout cannot say (missing reasons, feature specs, label names), which
+    :func:`import_community` reads back. Transcripts are not part of a store: sentences are empty.
+
+    Returns a summary: the label file, the feature folder per modality, counts.
+    """
+    from imer.fsutil import atomic_write_bytes, atomic_write_text
+    import io
+    import json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    groups = fs.dialogue_groups()
+    video_ids, video_labels, video_speakers, video_sentences = {}, {}, {}, {}
+    split_of: dict[str, str] = {}
+    for g in groups:
+        vid = fs.dialogues[g[0]]
+        names = {fs.splits[i] for i in g}
+        if len(names) > 1:
+            raise BadInput(
+                f"dialogue {vid!r} has utterances in splits {sorted(names)}; the community layout gives each "
+                "dialogue one split"
+            )
+        split_of[vid] = names.pop()
+        video_ids[vid] = [fs.ids[i] for i in g]
+        if fs.task.kind == TaskKind.CLASSIFICATION:
+            video_labels[vid] = [int(fs.labels[i]) for i in g]
+        else:
+            video_labels[vid] = [float(fs.labels[i]) for i in g]
+        video_speakers[vid] = [fs.speakers[i] for i in g]
+        video_sentences[vid] = ["" for _ in g]
+    by_split = {s: [v for v, x in split_of.items() if x == s] for s in ("train", "valid", "test")}
+    content = [video_ids, video_labels, video_speakers, video_sentences, by_split["train"]]
+    if by_split["valid"]:
+        content.append(by_split["valid"])
+    content.append(by_split["test"])
+    label_file = out / f"{name}_features_raw.pkl"
+    atomic_write_bytes(label_file, pickle.dumps(content, protocol=4))
+    folders: dict[str, str | None] = {}
+    total = len(fs) * sum(1 for m in MODALITY_NAMES if fs.specs.get(m) is not None)
+    done = 0
+    for j, m in enumerate(MODALITY_NAMES):
+        spec = fs.specs.get(m)
+        if spec is None:
+            folders[m] = None
+            continue
+        folder = out / _folder_name(m, spec)
+        folders[m] = folder.name
+        for i, uid in enumerate(fs.ids):
+            done += 1
+            if fs.present[i, j]:
+                buf = io.BytesIO()
+                np.save(buf, fs.feats[m][i], allow_pickle=False)
+                atomic_write_bytes(folder / f"{uid}.npy", buf.getvalue())
+            else:
+                (folder / f"{uid}.npy").unlink(missing_ok=True)
+            if done % 256 == 0:
+                report(progress, "writing features", done, total)
+    report(progress, "writing features", total, total)
+    meta = {
+        "format": EXPORT_FORMAT,
+        "version": 1,
+        "labels": label_file.name,
+        "folders": folders,
+        "task": fs.task.to_dict(),
+        "specs": {m: (None if fs.specs.get(m) is None else fs.specs[m].to_dict()) for m in MODALITY_NAMES},
+        "ids": list(fs.ids),
+        "reasons": {uid: {m: str(fs.reasons[i, j]) for j, m in enumerate(MODALITY_NAMES) if not fs.present[i, j]} for i, uid in enumerate(fs.ids)},
+        "details": {uid: {m: str(fs.details[i, j]) for j, m in enumerate(MODALITY_NAMES) if fs.details[i, j]} for i, uid in enumerate(fs.ids) if any(fs.details[i])},
+    }
+    atomic_write_text(out / EXPORT_META, json.dumps(meta, ensure_ascii=False))
+    return {"out": str(out), "labels": str(label_file), "folders": folders, "utterances": len(fs), "dialogues": len(groups)}
+
+
+def read_export_meta(label_file: str | Path) -> dict | None:
+    """The ``imer_export.json`` beside a label pickle written by :func:`export_community`, if any."""
+    import json
+
+    from imer.fsutil import read_json_header
+
+    f = Path(label_file).parent / EXPORT_META
+    if not f.is_file():
+        return None
+    meta = read_json_header(f, EXPORT_FORMAT, 1, "export description", "export the store again", BadInput)
+    if meta.get("labels") != Path(label_file).name:
+        return None  # describes another label file in the same folder
+    return meta
+
+
+def _apply_meta(fs: FeatureSet, meta: dict) -> FeatureSet:
+    """Restore what the GCNet layout loses: row order, reasons, details, specs, label names."""
+    from imer.store.spec import spec_from_json
+
+    try:
+        index = {uid: i for i, uid in enumerate(fs.ids)}
+        rows = np.asarray([index[uid] for uid in meta["ids"]], dtype=np.int64)
+        out = fs.subset(rows)
+        for i, uid in enumerate(out.ids):
+            for j, m in enumerate(MODALITY_NAMES):
+                if not out.present[i, j]:
+                    out.reasons[i, j] = meta["reasons"].get(uid, {}).get(m, out.reasons[i, j])
+                out.details[i, j] = meta.get("details", {}).get(uid, {}).get(m, "")
+        task = TaskSpec.from_dict(meta["task"])
+        specs = {m: (spec_from_json(meta["specs"][m]) if out.specs.get(m) is not None else None) for m in MODALITY_NAMES}
+    except (KeyError, TypeError, ValueError) as e:
+        raise BadInput(f"{EXPORT_META}: does not match the label file and features ({type(e).__name__}: {e}); export again") from None
+    return FeatureSet(
+        ids=out.ids, feats=out.feats, present=out.present, reasons=out.reasons, details=out.details,
+        labels=out.labels, task=task, speakers=out.speakers, dialogues=out.dialogues, order=out.order,
+        splits=out.splits, specs=specs,
     )
 
 
-_SESSION = re.compile(r"^Ses0?(\d+)")
+def import_folder(
+    labels: str | Path,
+    feature_dirs: dict[str, str | Path | None],
+    out: str | Path | None = None,
+    trust_pickle: bool = False,
+    progress: Progress | None = None,
+) -> FeatureSet:
+    """``imer import-community``: read the label pickle and feature folders, write a store to ``out``.
 
+    Beside a label file written by :func:`export_community`, its ``imer_export.json`` restores
+    what the layout loses, and its feature folders are used for modalities not given.
+    """
+    from imer.store.format import save_store
 
-def iemocap_session(dialogue_id: str) -> int:
-    """'Ses03M_impro08b' -> 3 (IEMOCAP's five recording sessions)."""
-    m = _SESSION.match(dialogue_id)
-    if not m:
-        raise BadInput(f"{dialogue_id!r} is not an IEMOCAP dialogue id (SesNN...)")
-    return int(m.group(1))
-
-
-def session_folds(fs: FeatureSet) -> list[tuple[str, FeatureSet]]:
-    """IEMOCAP's 5-fold leave-one-session-out protocol: fold k tests on session k, trains on the rest."""
-    sessions = np.array([iemocap_session(d) for d in fs.dialogues])
-    folds = []
-    for s in sorted(set(sessions.tolist())):
-        out = fs.subset(np.arange(len(fs)))
-        out.splits = ["test" if x == s else "train" for x in sessions]
-        folds.append((f"session{s}", out))
-    return folds
+    lab = read_labels(labels, trust_pickle=trust_pickle)
+    meta = read_export_meta(labels)
+    dirs = dict(feature_dirs)
+    if meta is not None:
+        for m, name in (meta.get("folders") or {}).items():
+            if not dirs.get(m) and name:
+                dirs[m] = Path(labels).parent / name
+    fs = import_community(lab, dirs, progress=progress, meta=meta)
+    if out is not None:
+        save_store(fs, out)
+    return fs

@@ -20,23 +20,24 @@ two classifiers, branch 1 first, as in the ``return_embedding=True`` variant of 
 GCNet/MERTools ``extract_manet_embedding.py`` scripts call to make the community ``manet_UTT``
 files (Resize 224 + ToTensor, ``module.`` stripped, mean over a video's faces).
 
-Key layout (what makes the authors' checkpoint load with strict matching): module and parameter
-names follow the official ``model/manet.py`` (repository zengqunzhao/MA-Net, the version at commit
-923fa6c) and its ``model/attention.py`` CBAM (read here from the verbatim copy in zeroQiaoba/MERTools
+Key layout (what makes the checkpoint load with strict matching): module and parameter names
+follow the official ``model/manet.py`` (repository zengqunzhao/MA-Net) and its
+``model/attention.py`` CBAM (read here from the verbatim copy in zeroQiaoba/MERTools
 ``feature_extraction/visual/manet/model/attention.py``: the standard CBAM code of Woo et al. 2018,
 ``cbam.ChannelGate.mlp.{1,3}`` Linear layers, ``cbam.SpatialGate.spatial.{conv,bn}``).
-Checkpoints from the official ``main.py`` are wrapped in DataParallel, so their keys start with
-``module.``; the loader strips it. ``expected_state_dict_keys`` lists every key and shape. The
-names are certain (read from the source, not recalled); what is *not* certain:
+Checkpoints from the official training script are wrapped in DataParallel, so their keys start
+with ``module.``; the loader strips it. ``expected_state_dict_keys`` lists every key and shape.
 
-* ``MulScaleBlock``'s second cascade: the official file at 923fa6c runs it from the last channel
-  group to the first (``sp_x[3] -> sp_x[0]``); several third-party copies of the block (e.g. the
-  ``block_visual.py`` that also carries the ``return_embedding`` variant) run it in the same
-  ``sp_x[0] -> sp_x[3]`` order as the first cascade, presumably from an earlier version. Names and
-  shapes are identical, so both load strictly, but the global branch's activations differ.
-  ``reverse_second_cascade`` selects the order (default: the official file); which order the
-  released RAF-DB checkpoint was trained with cannot be checked without the checkpoint and RAF-DB.
-* The attention module's file was read from a verbatim copy, not from the official repository.
+Two versions of ``MulScaleBlock`` exist, with identical names and shapes (both load strictly):
+
+* the authors' first version, vendored by GCNet and MERTools, runs both cascades in forward order
+  (``sp_x[0] -> sp_x[3]``). The RAF-DB checkpoint behind the community ``manet_UTT`` features was
+  trained by GCNet with that code, and with random weights loaded into both this network matches it
+  to float rounding: the default, ``reverse_second_cascade=False``.
+* the authors' 2023 revision of ``model/manet.py`` runs the second cascade backwards
+  (``sp_x[3] -> sp_x[0]``): ``reverse_second_cascade=True``. Given the same weights it changes the
+  whole global half of the embedding (relative difference ~0.57 with random weights), so it is only
+  for checkpoints trained with the revised file.
 
 Departures: the four local patches are the quadrants of whatever ``layer2`` returns (the official
 code hard-codes ``0:14`` / ``14:28``, i.e. 224-px input); at 224 the two are identical. ReLUs are
@@ -162,8 +163,9 @@ class MulScaleBlock(nn.Module):
     """3x3 conv, then 4 channel groups through two Res2Net-style cascades, summed (global branch).
 
     Cascade 1 runs group 1 -> 4: ``y1 = f1(x1)``, ``yk = fk(relu(y_{k-1}) + xk)``; its receptive
-    field grows with the group index. Cascade 2 (``reverse_second_cascade``) runs 4 -> 1, so every
-    group sees both a small and a large receptive field after the sum.
+    field grows with the group index. Cascade 2 has its own weights and runs 1 -> 4 as well (the
+    code GCNet's checkpoint was trained with); ``reverse_second_cascade=True`` runs it 4 -> 1, as
+    the authors' 2023 revision does.
     """
 
     def __init__(
@@ -172,7 +174,7 @@ class MulScaleBlock(nn.Module):
         planes: int,
         stride: int = 1,
         downsample: nn.Module | None = None,
-        reverse_second_cascade: bool = True,
+        reverse_second_cascade: bool = False,
     ):
         super().__init__()
         width = planes // 4
@@ -218,11 +220,12 @@ class MulScaleBlock(nn.Module):
 class MANet(nn.Module):
     """MA-Net (official ``manet()``: layers [2, 2, 2, 2]).
 
-    ``forward`` returns the two branches' logits, as the official model does;
+    ``reverse_second_cascade`` picks the ``MulScaleBlock`` version (see the module docstring);
+    the default is the one behind the community features. ``forward`` returns the two branches' logits, as the official model does;
     ``embed`` returns the 1024-d ``[local, global]`` embedding before the classifiers.
     """
 
-    def __init__(self, num_classes: int = 7, reverse_second_cascade: bool = True, layers=(2, 2, 2, 2)):
+    def __init__(self, num_classes: int = 7, reverse_second_cascade: bool = False, layers=(2, 2, 2, 2)):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)

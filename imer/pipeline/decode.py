@@ -1,0 +1,29 @@
+"""Decode settings: how media becomes arrays (torch- and FFmpeg-free, so the CLI reads defaults cheaply)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from imer.errors import BadInput
+from imer.pipeline.streams import SILENCE_RMS
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How media is turned into arrays. Part of every cache key: changing a field re-extracts."""
+
+    sample_rate: int = 16000
+    fps: float = 2.0
+    max_frames: int = 16
+    max_side: int = 640
+    silence_rms: float = SILENCE_RMS
+    skip_nonref: bool = True  # see media.sample_frames
+
+    def __post_init__(self) -> None:
+        # Caught here, not per file: a bad setting is the user's, not a broken video's.
+        if self.fps <= 0:
+            raise BadInput(f"--fps {self.fps}: must be > 0")
+        if self.max_frames < 1:
+            raise BadInput(f"--max-frames {self.max_frames}: must be at least 1")
+        if self.sample_rate < 1000 or self.max_side < 16:
+            raise BadInput(f"decode settings out of range: sample_rate {self.sample_rate}, max_side {self.max_side}")
