@@ -48,8 +48,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a plain script from anywhere
     sys.path.insert(0, str(REPO))
 
-from imer.fusion.community import read_labels  # noqa: E402
-from imer.fusion.data import FeatureSet, save_store  # noqa: E402
+from imer.store import FeatureSet, FeatureSpec, save_store  # noqa: E402
+from imer.store.community import read_labels  # noqa: E402
 from imer.types import MODALITY_NAMES, MissingReason  # noqa: E402
 
 LABEL_PKL = Path("gcnet-label-pkl") / "IEMOCAP_features_raw_4way.pkl"
@@ -299,7 +299,11 @@ def build(shared_data: Path, out: Path, cache: Path, seed: int = 0) -> FeatureSe
     fs = FeatureSet(
         ids=ids, feats={"audio": audio, "text": text, "video": video}, present=present,
         reasons=reasons, labels=y, task=labels.task, speakers=speakers, dialogues=dialogues,
-        order=np.asarray(order), splits=splits, extractors=extractors,
+        order=np.asarray(order), splits=splits,
+        # Stand-ins say so inside their spec's config ("standin": true and a note).
+        specs={m: FeatureSpec(name=e["name"], dim={"audio": audio, "text": text, "video": video}[m].shape[1],
+                              config={**e["config"], **{k: v for k, v in e.items() if k in ("standin", "note")}})
+               for m, e in extractors.items()},
     )
     save_store(fs, out)
     with open(out / "standin_sources.jsonl", "w", encoding="utf-8") as f:

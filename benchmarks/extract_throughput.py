@@ -353,7 +353,8 @@ def bench_backend(
 # ----------------------------------------------------------------------------- (c) extract_features
 def bench_extract_features(utts: list, decode, device: str, durations: list[float], batch_size: int) -> list[dict]:
     from imer.extractors.base import build_extractor
-    from imer.extractors.run import OFFLINE_DEFAULTS, ExtractConfig, extract_features
+    from imer.extractors.run import OFFLINE_DEFAULTS, ExtractConfig
+    from imer.workflows import extract_store
 
     total = sum(durations)
     rows = []
@@ -364,7 +365,7 @@ def bench_extract_features(utts: list, decode, device: str, durations: list[floa
             cfg = ExtractConfig(decode=decode, device=device, cache_dir=cache, batch_size=batch_size)
             sync(device)
             t = time.perf_counter()
-            fs, summary = extract_features(subset or utts, tmp / "store", cfg, extractors=extractors)
+            fs, summary = extract_store(subset or utts, tmp / "store", cfg, extractors=extractors)
             sync(device)
             wall = time.perf_counter() - t
             st = summary.stage_seconds
@@ -407,12 +408,12 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
 
-    from imer.extractors.base import resolve_device
+    from imer.devices import resolve_device
     from imer.extractors.run import ExtractConfig
-    from imer.pipeline.ingest import DecodeConfig
+    from imer.pipeline.decode import DecodeConfig
 
     utts = load_utterances()
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     dkw = {}
     if args.fps is not None:
         dkw["fps"] = args.fps

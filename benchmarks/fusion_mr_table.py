@@ -24,10 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from imer.fusion.data import is_store, load_store  # noqa: E402
+from imer.store import is_store, load_store  # noqa: E402
 from imer.fusion.experiment import run_experiment  # noqa: E402
 from imer.fusion.missing import CONDITIONS, MISSING_RATES  # noqa: E402
-from imer.fusion.trainer import TrainConfig, resolve_device  # noqa: E402
+from imer.devices import resolve_device  # noqa: E402
+from imer.fusion.trainer import TrainConfig  # noqa: E402
 
 
 def run_one(method: str, fs, train_rate: float, args) -> dict:
@@ -123,12 +124,12 @@ def main() -> None:
     if not is_store(args.store):
         sys.exit(f"{args.store}: no feature store; build it first with: python benchmarks/build_iemocap_standin.py")
     fs = load_store(args.store)
-    standins = [m for m, e in fs.extractors.items() if e.get("standin")]
+    standins = [m for m, e in fs.specs.items() if e is not None and e.config.get("standin")]
     dev = resolve_device(args.device)
     print(f"store: {args.store}  ({len(fs)} utterances, dims {fs.dims})")
     print(f"device: {dev}" + (f" ({__import__('torch').cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
     if standins:
-        print(f"NOTE: {', '.join(standins)} features are STAND-INS, not IEMOCAP recordings: " + "; ".join(fs.extractors[m].get("note", "") for m in standins))
+        print(f"NOTE: {', '.join(standins)} features are STAND-INS, not IEMOCAP recordings: " + "; ".join(fs.specs[m].config.get("note", "") for m in standins))
     print(f"selection on: {args.selection}" + ("  (official protocol: optimistic)" if args.selection == "test" else ""))
     results = []
     if args.ablations:

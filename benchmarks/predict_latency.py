@@ -91,9 +91,10 @@ def clips_with_sidecars(tmp: Path) -> tuple[Path, list[Path], list]:
 
 def train_bundle(utts: list, out: Path, device: str, epochs: int, backends: dict | None = None,
                  options: dict | None = None, label: str = "offline") -> dict:
-    from imer.extractors.run import ExtractConfig, extract_features
+    from imer.extractors.run import ExtractConfig
     from imer.fusion.experiment import run_experiment
     from imer.fusion.trainer import TrainConfig
+    from imer.workflows import extract_store
 
     kw: dict[str, Any] = {"device": device, "cache_dir": out.parent / f"cache-{label}"}
     if backends:
@@ -101,7 +102,7 @@ def train_bundle(utts: list, out: Path, device: str, epochs: int, backends: dict
     if options:
         kw["options"] = options
     t = time.perf_counter()
-    fs, summary = extract_features(utts, out.parent / f"store-{label}", ExtractConfig(**kw))
+    fs, summary = extract_store(utts, out.parent / f"store-{label}", ExtractConfig(**kw))
     t_ext = time.perf_counter() - t
     t = time.perf_counter()
     res = run_experiment(fs, "concat", TrainConfig(epochs=epochs, device=device, patience=None), out=out, evaluate=False)
@@ -152,10 +153,10 @@ class StageRecorder:
 
         def wrapped(*a: Any, **k: Any):
             t = time.perf_counter()
-            fs, summary = self.orig(*a, **k)
+            extraction = self.orig(*a, **k)
             self.wall = time.perf_counter() - t
-            self.last = summary
-            return fs, summary
+            self.last = extraction.summary
+            return extraction
 
         run.extract_features = wrapped
 
@@ -270,13 +271,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from imer.extractors.base import resolve_device
+    from imer.devices import resolve_device
     from imer.pipeline.media import probe
     from imer.types import Modality
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     info = device_info(device)
     result: dict[str, Any] = {"env": info, "loadavg_start": loadavg(), "bundles": []}
     t_all = time.perf_counter()

@@ -44,14 +44,18 @@ def extract_store(
     cfg: ExtractConfig,
     compile_cfg: CompileConfig | None = None,
     progress: Progress | None = None,
+    extractors: dict | None = None,
 ) -> tuple[FeatureSet, ExtractSummary]:
-    """Extract ``utterances`` (cache in ``cfg.cache_dir``, default ``out/.cache``), compile, save to ``out``."""
+    """Extract ``utterances`` (cache in ``cfg.cache_dir``, default ``out/.cache``), compile, save to ``out``.
+
+    ``extractors``: already-built backends per modality (a long-lived caller's), else built from ``cfg``.
+    """
     from dataclasses import replace
 
     out = Path(out)
     if cfg.cache_dir is None:
         cfg = replace(cfg, cache_dir=out / ".cache")
-    extraction = extract_features(utterances, cfg, progress=progress)
+    extraction = extract_features(utterances, cfg, progress=progress, extractors=extractors)
     t0 = time.perf_counter()
     fs, counts = compile_features(extraction.utterances, extraction.results, extraction.specs, compile_cfg)
     save_store(fs, out)
