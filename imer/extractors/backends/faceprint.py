@@ -9,7 +9,7 @@ than the eye-to-eye one, divided by the inter-ocular distance (mouth opening and
 proportions move with expression; the eye distance itself is 1 by construction and dropped).
 
 Per utterance the per-frame vectors are averaged over the frames where a face was found; when no
-sampled frame has a face the utterance is ``Missing(NO_FACE)``.
+sampled frame has a face the utterance is a missing ``NO_FACE`` status.
 
 It is weaker than a trained expression network (MA-Net), but real, deterministic and offline,
 which is what tests, CI and first runs need.
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from imer.errors import BadInput
-from imer.extractors.base import Extractor, Missing, register_extractor, require, resolve_device
+from imer.extractors.base import Extractor, register_extractor, require, resolve_device
 from imer.extractors.faces import FaceDetectConfig
-from imer.types import MissingReason, Modality
+from imer.types import MissingReason, Modality, StreamStatus
 
 N_LANDMARKS = 5
 GEOMETRY_DIM = 2 * N_LANDMARKS + (N_LANDMARKS * (N_LANDMARKS - 1) // 2 - 1)  # 10 coords + 9 distances
@@ -110,14 +110,14 @@ class FaceprintExtractor(Extractor):
         )
         return np.concatenate([hog.astype(np.float32), landmark_geometry(crop_landmarks, cfg.crop_size)])
 
-    def extract(self, inputs: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray | Missing]:
+    def extract(self, inputs: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray | StreamStatus]:
         from imer.extractors.faces import faces_per_utterance
 
         self.ensure_loaded()
-        out: list[np.ndarray | Missing] = []
+        out: list[np.ndarray | StreamStatus] = []
         for frames, faces in zip(inputs, faces_per_utterance(self._detector, inputs)):
             if not faces:
-                out.append(Missing(MissingReason.NO_FACE, f"no face in {len(frames)} sampled frames"))
+                out.append(StreamStatus.missing(MissingReason.NO_FACE, f"no face in {len(frames)} sampled frames"))
                 continue
             vecs = np.stack([self.describe_face(f.crop, f.crop_landmarks) for f in faces])  # [T, D]
             out.append(vecs.mean(axis=0).astype(np.float32))

@@ -22,7 +22,9 @@ if str(_TESTS) not in sys.path:  # `synthetic` lives in tests/ (conftest normall
 from synthetic import make_featureset  # noqa: E402
 
 from imer.fusion.base import build_method  # noqa: E402
-from imer.fusion.data import Batch, Standardizer, TensorData  # noqa: E402
+from imer.fusion.data import Batch, Normalizer, TensorData  # noqa: E402
+from imer.fusion.evaluation import evaluate  # noqa: E402
+from imer.fusion.experiment import prepare_splits  # noqa: E402
 from imer.fusion.methods.comp import (  # noqa: E402
     KnowledgePropagationBlock,
     PromptGenerationBlock,
@@ -30,7 +32,7 @@ from imer.fusion.methods.comp import (  # noqa: E402
     _GradHolder,
     _ModulatedInstanceLinear,
 )
-from imer.fusion.trainer import TrainConfig, evaluate, fit  # noqa: E402
+from imer.fusion.trainer import TrainConfig, fit, seed_everything  # noqa: E402
 from imer.types import MODALITY_NAMES, TaskKind, TaskSpec  # noqa: E402
 
 DIMS = {"audio": 5, "text": 6, "video": 4}
@@ -680,13 +682,15 @@ def test_chunked_training_step_is_finite():
 # ---------------------------------------------------------------------- learns
 def test_short_training_run_beats_chance():
     fs = make_featureset(seed=0)
-    std = Standardizer.fit(fs.split("train"))
+    std = Normalizer.fit(fs.split("train"))
     fs = std.apply(fs)
     max_len = max(len(g) for g in fs.split("train").dialogue_groups())
     torch.manual_seed(0)
     model = build_method("comp", fs.dims, fs.task, {"hidden": 32, "dropout": 0.1}, {"max_dialogue_len": max_len})
     cfg = TrainConfig(epochs=30, lr=3e-3, batch_size=8, patience=None, device="cpu", amp=False, seed=0)
-    result = fit(model, fs, cfg)
+    seed_everything(cfg.seed)  # what fit did before run_experiment took seeding over
+    ready, sel_name = prepare_splits(fs, cfg)
+    result = fit(model, ready.split("train"), ready.split(sel_name), cfg, sel_name)
     assert set(result.best) == {"unimodal", "fusion"}
     test = TensorData(fs.split("test"))
     metrics = evaluate(model, test, None, "dialogue", 8)

@@ -9,21 +9,23 @@ import numpy as np
 import pytest
 import torch
 
+from imer.config import from_dict, parse_set, to_dict
 from imer.fusion.base import METHODS, build_method
-from imer.fusion.bundle import load_bundle, save_bundle
-from imer.fusion.data import Batch, Standardizer
+from imer.fusion.bundle import BundleSpec, bundle_spec, load_bundle, read_bundle_spec, save_bundle
+from imer.fusion.data import Batch, Normalizer
+from imer.store import FeatureSpec
 from imer.types import MODALITY_NAMES, TaskKind, TaskSpec
 
 DIMS = {"audio": 5, "text": 7, "video": 3}
-TINY = {"hidden": 8}
 
 
 def _options(name: str) -> dict:
-    fields = {f.name for f in dataclasses.fields(METHODS.get(name).config_class)}
-    opts = {k: v for k, v in TINY.items() if k in fields}
-    if "heads" in fields:
-        opts["heads"] = 2
-    return opts
+    """The method's own small variant (its config's ``tiny()``), as plain options."""
+    return dataclasses.asdict(METHODS.get(name).config_class.tiny())
+
+
+def _identity_normalizer() -> Normalizer:
+    return Normalizer({k: np.zeros(d, np.float32) for k, d in DIMS.items()}, {k: np.ones(d, np.float32) for k, d in DIMS.items()})
 
 
 def _batch(b: int, l: int, task: TaskSpec, seed: int = 0, missing: float = 0.3) -> Batch:
@@ -51,6 +53,18 @@ def test_registry_names_equal_file_stems():
     assert METHODS.names() == stems
     for name in METHODS.names():
         assert METHODS.get(name).description, f"{name} needs a one-line description for 'imer methods'"
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_config_class_has_tiny(name):
+    cls = METHODS.get(name).config_class
+    assert dataclasses.is_dataclass(cls) and callable(getattr(cls, "tiny", None)), f"{name}: config needs a tiny() classmethod"
+    tiny = cls.tiny()
+    assert type(tiny) is cls
+    assert tiny != cls(), f"{name}: tiny() should be smaller than the defaults"
+    assert from_dict(cls, to_dict(tiny)) == tiny
+    m = build_method(name, DIMS, CLS, _options(name), {"max_dialogue_len": 6})
+    assert isinstance(m.config, cls)
 
 
 @pytest.mark.parametrize("name", METHODS.names())
@@ -114,14 +128,17 @@ def test_present_mask_changes_output(name):
 def test_bundle_round_trip(name, tmp_path):
     torch.manual_seed(0)
     m = build_method(name, DIMS, CLS, _options(name), {"max_dialogue_len": 6}).eval()
-    std = Standardizer({k: np.zeros(d, np.float32) for k, d in DIMS.items()}, {k: np.ones(d, np.float32) for k, d in DIMS.items()})
-    extractors = {k: {"name": "synthetic", "config": {"d": d}} for k, d in DIMS.items()}
-    save_bundle(tmp_path, m, std, extractors)
+    std = _identity_normalizer()
+    features = {k: FeatureSpec(name="synthetic", dim=d, config={"d": d}) for k, d in DIMS.items()}
+    save_bundle(tmp_path, m, std, bundle_spec(m, features))
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.pt*"))
-    loaded, std2, cfg = load_bundle(tmp_path)
+    bundle = load_bundle(tmp_path)
+    loaded, std2, spec = bundle.method, bundle.normalizer, bundle.spec
     batch = _batch(2, 6, CLS)
     torch.testing.assert_close(loaded(batch).logits, m(batch).logits)
-    assert cfg["method"] == name and cfg["extractors"] == extractors and cfg["task"]["label_names"] == list(CLS.label_names)
+    assert spec.method == name and spec.features == features and spec.label_names == list(CLS.label_names)
+    assert spec.task == CLS and spec.dims == DIMS and spec.method_config == dataclasses.asdict(m.config)
+    assert isinstance(spec, BundleSpec) and read_bundle_spec(tmp_path) == spec
     for k in MODALITY_NAMES:
         np.testing.assert_array_equal(std2.std[k], std.std[k])
 
@@ -142,26 +159,29 @@ def test_stage_one_bundle_predicts_as_stage_one(tmp_path):
     m = build_method("comp", DIMS, CLS, _options("comp"), {"max_dialogue_len": 6})
     m.begin_stage("unimodal")
     m.eval()
-    std = Standardizer({k: np.zeros(d, np.float32) for k, d in DIMS.items()}, {k: np.ones(d, np.float32) for k, d in DIMS.items()})
-    save_bundle(tmp_path, m, std, {})
-    loaded, _, cfg = load_bundle(tmp_path)
-    assert cfg["stage"] == "unimodal" and loaded.stage == "unimodal"
+    save_bundle(tmp_path, m, _identity_normalizer(), bundle_spec(m, {}))
+    bundle = load_bundle(tmp_path)
+    loaded = bundle.method
+    assert bundle.spec.stage == "unimodal" and loaded.stage == "unimodal"
+    assert bundle.spec.features == {k: None for k in MODALITY_NAMES}
     batch = _batch(2, 6, CLS)
     torch.testing.assert_close(loaded(batch).logits, m(batch).logits)
 
 
 def test_method_options_are_type_checked():
     from imer.errors import BadInput
-    from imer.fusion.base import parse_overrides
 
-    opts = parse_overrides(["use_gm=no", "hidden=16", "comp.momentum=0.5"], "comp")
+    opts = parse_set(["use_gm=no", "hidden=16", "comp.momentum=0.5"], scope="comp")
+    assert opts == {"use_gm": "no", "hidden": 16, "momentum": 0.5}  # bool coercion happens in from_dict
     m = build_method("comp", DIMS, CLS, {**opts, "heads": 2}, {"max_dialogue_len": 6})
     assert m.config.use_gm is False and m.config.hidden == 16 and m.config.momentum == 0.5
     with pytest.raises(BadInput, match="momentum"):
-        build_method("comp", DIMS, CLS, parse_overrides(["momentum=0.3x"]), {"max_dialogue_len": 6})
+        build_method("comp", DIMS, CLS, parse_set(["momentum=0.3x"], scope="comp"), {"max_dialogue_len": 6})
     with pytest.raises(BadInput, match="hidden"):
         build_method("comp", DIMS, CLS, {"hidden": 16.5})
     with pytest.raises(BadInput, match="use_kp"):
         build_method("comp", DIMS, CLS, {"use_kp": "maybe"})
-    with pytest.raises(BadInput, match="concat"):
-        parse_overrides(["concat.hidden=64"], "comp")
+    with pytest.raises(BadInput, match="is for 'concat', but this run is 'comp'"):
+        parse_set(["concat.hidden=64"], scope="comp")
+    with pytest.raises(BadInput, match=r"unknown option\(s\) \['momentun'\]; valid: .*'momentum'"):
+        build_method("comp", DIMS, CLS, {"momentun": 0.3})

@@ -4,7 +4,7 @@ This reproduces the community ``manet_UTT`` features (GCNet / MoMKE / ComP): per
 the largest MTCNN face, aligned and resized to 224x224, goes through MA-Net (``network.py`` in this
 package, imported only by ``load()``: importing the backends must stay torch-free); the embedding
 is ``[local-attention 512-d, global multi-scale 512-d]``, the input of the two classifiers; the
-utterance vector is the mean over the frames where a face was found, and ``Missing(NO_FACE)`` when
+utterance vector is the mean over the frames where a face was found, and a missing ``NO_FACE`` status when
 there is none.
 
 Network version: GCNet and MERTools vendor the authors' first ``model/manet.py``, whose
@@ -48,9 +48,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imer.errors import BadInput
-from imer.extractors.base import Extractor, Missing, register_extractor, resolve_device, runtime_field
+from imer.extractors.base import Extractor, register_extractor, resolve_device, runtime_field
 from imer.extractors.faces import FaceDetectConfig
-from imer.types import MissingReason, Modality
+from imer.types import MissingReason, Modality, StreamStatus
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -280,17 +280,17 @@ class ManetExtractor(Extractor):
                 out.append(self._model.embed(x).float().cpu().numpy())
         return np.concatenate(out).astype(np.float32)
 
-    def extract(self, inputs: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray | Missing]:
+    def extract(self, inputs: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray | StreamStatus]:
         from imer.extractors.faces import faces_per_utterance
 
         self.ensure_loaded()
         faces = faces_per_utterance(self._detector, inputs)
         emb = self.embed_crops([f.crop for fs in faces for f in fs])  # [sum T, 1024]
-        out: list[np.ndarray | Missing] = []
+        out: list[np.ndarray | StreamStatus] = []
         start = 0
         for frames, fs in zip(inputs, faces):
             if not fs:
-                out.append(Missing(MissingReason.NO_FACE, f"no face in {len(frames)} sampled frames"))
+                out.append(StreamStatus.missing(MissingReason.NO_FACE, f"no face in {len(frames)} sampled frames"))
                 continue
             out.append(emb[start : start + len(fs)].mean(axis=0).astype(np.float32))
             start += len(fs)
