@@ -95,7 +95,7 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
             return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise BadInput(f"{where} must have {len(args)} values, got {len(value)}: {value!r}")
-        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if origin is list or hint is list:
         if not isinstance(value, (list, tuple)):
             raise bad
@@ -177,6 +177,8 @@ def parse_set(
       one of ``scopes``; the result is ``{scope: {key: value}}``.
     * ``scope`` given (one method: ``--set momentum=0.3`` or ``--set comp.momentum=0.3``): an
       optional leading ``scope.`` is accepted and must match; the result is ``{key: value}``.
+      A nested option then needs the prefix (``comp.inner.size=5``), since ``inner.size`` would
+      read as an option for another method ``inner``.
 
     A dotted key beyond that (``face.detect_side=640``) becomes a nested dict.
     """

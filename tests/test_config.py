@@ -126,10 +126,8 @@ def test_json_lists_become_tuples():
 
 # imer/config.py coerce(): ``zip(args, value)`` unpacked as ``(v, a)`` swaps value and type, so a
 # fixed-length tuple comes back as its element *types* and elements are never checked.
-FIXED_TUPLE_BUG = pytest.mark.xfail(strict=True, reason="imer/config.py:98 zips (args, value) in the wrong order")
 
 
-@FIXED_TUPLE_BUG
 def test_fixed_length_tuple_values_are_coerced():
     out = from_dict(Opts, json.loads('{"pair": [5, "b"]}'))
     assert out.pair == (5, "b") and type(out.pair) is tuple
@@ -184,7 +182,6 @@ def test_to_dict_round_trip():
     assert from_dict(Opts, plain) == src
 
 
-@FIXED_TUPLE_BUG
 def test_to_dict_round_trip_fixed_tuple():
     src = Opts(pair=(3, "z"))
     assert from_dict(Opts, to_dict(src)) == src

@@ -213,7 +213,7 @@ def export_community_cmd(
 def train(
     data: Annotated[Path, typer.Option(help="imer feature store (from 'imer extract' or 'imer import-community').")],
     method: Annotated[str, typer.Option(help="Fusion method; see 'imer methods'.")] = "comp",
-    model: Annotated[Optional[Path], typer.Option("--model", help="Folder for the model bundle [default: runs/model].")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Folder for the model bundle (default: runs/model).")] = None,
     missing_rate: Annotated[Optional[float], typer.Option(help="Train under GCNet random missing rate MR (0.0-0.7), masks redrawn per epoch.")] = None,
     condition: Annotated[Optional[str], typer.Option(help="Train under a fixed condition instead: a, t, v, at, av, tv or atv.")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs over all stages (ComP splits them 50/50).")] = default(TrainConfig, "epochs"),

@@ -194,8 +194,9 @@ def import_community(
         feature_dirs: modality -> folder (or None: the modality is absent for every utterance).
         progress: optional progress hook (stage "reading features").
         meta: the ``imer_export.json`` of a folder written by :func:`export_community` (see
-            :func:`read_export_meta`): restores missing reasons, details and feature specs, so
-            export -> import gives back the same store.
+            :func:`read_export_meta`): restores row order, label names, and — for the modalities
+            listed in its ``"restore"`` (those read from the export's own folders) — missing
+            reasons, details and feature specs, so export -> import gives back the same store.
     """
     uids = labels.utterance_ids()
     n = len(uids)
@@ -225,6 +226,9 @@ def import_community(
             if done % 256 == 0:
                 report(progress, "reading features", done, total)
         dims = {v.shape[-1] for v in vecs if v is not None}
+        exported = (meta or {}).get("specs", {}).get(m) if m in _restored(meta) else None
+        if not dims and exported:  # an exported modality that was missing everywhere (no file at all)
+            dims = {int(exported["dim"])}
         if not dims:
             raise BadInput(f"{m}: no feature file in {folder} matches any utterance id (e.g. {uids[0]}.npy)")
         if len(dims) > 1:
@@ -327,6 +331,7 @@ def export_community(fs: FeatureSet, out: str | Path, name: str = "imer", progre
             folders[m] = None
             continue
         folder = out / _folder_name(m, spec)
+        folder.mkdir(parents=True, exist_ok=True)  # even when every entry is missing
         folders[m] = folder.name
         for i, uid in enumerate(fs.ids):
             done += 1
@@ -369,6 +374,13 @@ def read_export_meta(label_file: str | Path) -> dict | None:
     return meta
 
 
+def _restored(meta: dict | None) -> set[str]:
+    """Modalities whose features were read from the export's own folders (their specs and reasons apply)."""
+    if meta is None:
+        return set()
+    return set(meta.get("restore", MODALITY_NAMES))
+
+
 def _apply_meta(fs: FeatureSet, meta: dict) -> FeatureSet:
     """Restore what the GCNet layout loses: row order, reasons, details, specs, label names."""
     from imer.store.spec import spec_from_json
@@ -377,13 +389,19 @@ def _apply_meta(fs: FeatureSet, meta: dict) -> FeatureSet:
         index = {uid: i for i, uid in enumerate(fs.ids)}
         rows = np.asarray([index[uid] for uid in meta["ids"]], dtype=np.int64)
         out = fs.subset(rows)
+        restored = _restored(meta)
         for i, uid in enumerate(out.ids):
             for j, m in enumerate(MODALITY_NAMES):
+                if m not in restored:
+                    continue
                 if not out.present[i, j]:
                     out.reasons[i, j] = meta["reasons"].get(uid, {}).get(m, out.reasons[i, j])
                 out.details[i, j] = meta.get("details", {}).get(uid, {}).get(m, "")
         task = TaskSpec.from_dict(meta["task"])
-        specs = {m: (spec_from_json(meta["specs"][m]) if out.specs.get(m) is not None else None) for m in MODALITY_NAMES}
+        specs = {
+            m: (spec_from_json(meta["specs"][m]) if m in restored and out.specs.get(m) is not None else out.specs.get(m))
+            for m in MODALITY_NAMES
+        }
     except (KeyError, TypeError, ValueError) as e:
         raise BadInput(f"{EXPORT_META}: does not match the label file and features ({type(e).__name__}: {e}); export again") from None
     return FeatureSet(
@@ -411,9 +429,14 @@ def import_folder(
     meta = read_export_meta(labels)
     dirs = dict(feature_dirs)
     if meta is not None:
+        restore = []
         for m, name in (meta.get("folders") or {}).items():
-            if not dirs.get(m) and name:
+            given = dirs.get(m)
+            if not given and name:
                 dirs[m] = Path(labels).parent / name
+            if (name and Path(dirs[m]).resolve() == (Path(labels).parent / name).resolve()) or (not name and not given):
+                restore.append(m)  # the export's own features (or its switched-off modality): its record applies
+        meta = {**meta, "restore": restore}
     fs = import_community(lab, dirs, progress=progress, meta=meta)
     if out is not None:
         save_store(fs, out)

@@ -540,7 +540,6 @@ def test_export_import_through_the_cli(tmp_path):
     assert_same_featureset(load_store(store), load_store(tmp_path / "store2"))
 
 
-@pytest.mark.xfail(strict=True, reason="export_community writes no folder for a modality with a spec but no present entry; import then fails")
 def test_export_import_modality_with_spec_but_every_entry_missing(tmp_path):
     from fs_helpers import assert_same_featureset, fs_kwargs
 
@@ -557,7 +556,6 @@ def test_export_import_modality_with_spec_but_every_entry_missing(tmp_path):
     assert_same_featureset(fs, import_folder(tmp_path / "out" / "imer_features_raw.pkl", {}, None))
 
 
-@pytest.mark.xfail(strict=True, reason="_apply_meta restores the exported spec even for a modality read from a folder the user gave")
 def test_import_of_an_export_with_another_folder_keeps_that_folders_spec(tmp_path):
     from imer.store.community import export_community, import_folder
 
