@@ -169,6 +169,10 @@ def align_crop(
     return crop, crop_lm.astype(np.float32)
 
 
+def _snap(x: np.ndarray, step: float = 1 / 16) -> np.ndarray:
+    return np.round(np.asarray(x, dtype=np.float64) / step) * step
+
+
 class FaceDetector:
     """Batched MTCNN detection of the largest face per frame, with aligned full-resolution crops.
 
@@ -276,8 +280,11 @@ class FaceDetector:
 
         height, width = frame.shape[:2]
         sx, sy = width / small_hw[1], height / small_hw[0]  # detection -> full-resolution pixels
-        box = boxes[best] * np.array([sx, sy, sx, sy])
-        landmarks = points[best] * np.array([sx, sy])
+        # Snapped to 1/16 px: MTCNN's float rounding depends on how many frames share a batch
+        # (oneDNN picks other kernels), and without the snap a face's crop, and so its features,
+        # would change by ~1e-3 with the batch it was detected in.
+        box = _snap(boxes[best] * np.array([sx, sy, sx, sy]))
+        landmarks = _snap(points[best] * np.array([sx, sy]))
         # Crop from the unclipped box (a face cut by the frame edge keeps its scale; the part
         # outside the frame is black); report the box clipped to the frame.
         crop, crop_lm = align_crop(frame, box, landmarks, self.crop_size, self.config.margin)

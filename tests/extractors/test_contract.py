@@ -92,21 +92,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {name: dirs[variant] for name, variant in TINY_MODELS.items()}
 
 
-# imer/config.py coerce() zips a fixed-length tuple's (args, value) the wrong way round, so a
-# ``tuple[float, float, float]`` read back from JSON becomes a tuple of types: ManetConfig's
-# mean/std make ``from_spec`` raise TypeError (reported). Strict: remove once fixed.
-SPEC_ROUND_TRIP_BUGS = {"manet": "library bug: imer/config.py coerce() swaps value and type for fixed-length tuples"}
-
-
-def _case(name: str, variant: str | None) -> pytest.param:
-    marks = ()
-    if name in SPEC_ROUND_TRIP_BUGS and variant is None:
-        marks = (pytest.mark.xfail(strict=True, reason=SPEC_ROUND_TRIP_BUGS[name], raises=TypeError),)
-    return pytest.param(name, variant, id=name if variant is None else f"{name}-{variant}", marks=marks)
-
-
-CASES = [_case(n, None) for n in NAMES] + [_case(n, "tiny") for n in TINY_MODELS if n in NAMES]
-DIM_CASES = [pytest.param(n, None, id=n) for n in NAMES] + [
+CASES = [pytest.param(n, None, id=n) for n in NAMES] + [
     pytest.param(n, "tiny", id=f"{n}-tiny") for n in TINY_MODELS if n in NAMES
 ]
 
@@ -192,7 +178,7 @@ def test_spec_round_trips_through_json_and_rebuilds_the_extractor(name, variant,
     assert Extractor.from_spec(ex.spec()).key() == ex.key()
 
 
-@pytest.mark.parametrize("name, variant", DIM_CASES)
+@pytest.mark.parametrize("name, variant", CASES)
 def test_dim_is_declared(name, variant, request):
     ex = _build(name, variant, request)
     dim = ex.dim
