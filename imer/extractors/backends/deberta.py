@@ -86,6 +86,8 @@ class DebertaExtractor(HFExtractor):
 
     def extract(self, inputs: Sequence[str | None]) -> list[np.ndarray | StreamStatus]:
         """One [dim] float32 vector per transcript; empty ones are StreamStatus.missing(EMPTY_TRANSCRIPT)."""
+        if not inputs:  # nothing to do: do not load a model for it
+            return []
         self.ensure_loaded()
         return embed_transcripts(self, self._tokenizer, inputs, layers=self.config.layers, layer_pool=self.config.layer_pool,
                                  skip_special=self.config.skip_special, normalize=False)

@@ -54,6 +54,8 @@ class EgemapsExtractor(Extractor):
         return _DIMS[self.config.feature_set]
 
     def extract(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray | StreamStatus]:
+        if not inputs:  # nothing to do: do not load a model for it
+            return []
         self.ensure_loaded()
         out: list[np.ndarray | StreamStatus] = []
         sr = self.config.sample_rate

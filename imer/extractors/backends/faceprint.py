@@ -113,6 +113,8 @@ class FaceprintExtractor(Extractor):
     def extract(self, inputs: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray | StreamStatus]:
         from imer.extractors.faces import faces_per_utterance
 
+        if not inputs:  # nothing to do: do not load a model for it
+            return []
         self.ensure_loaded()
         out: list[np.ndarray | StreamStatus] = []
         for frames, faces in zip(inputs, faces_per_utterance(self._detector, inputs)):

@@ -81,6 +81,8 @@ class MinilmExtractor(HFExtractor):
 
     def extract(self, inputs: Sequence[str | None]) -> list[np.ndarray | StreamStatus]:
         """One unit-norm [384] float32 vector per transcript; empty ones are missing."""
+        if not inputs:  # nothing to do: do not load a model for it
+            return []
         self.ensure_loaded()
         return embed_transcripts(self, self._tokenizer, inputs, layers=self._layers, layer_pool="mean",
                                  skip_special=False, normalize=self.config.normalize == "l2")

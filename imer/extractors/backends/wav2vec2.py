@@ -170,6 +170,8 @@ class Wav2Vec2Extractor(HFExtractor):
 
     def extract(self, inputs: Sequence[np.ndarray | None]) -> list[np.ndarray | StreamStatus]:
         """One [dim] float32 vector per waveform (16 kHz mono float32), or Missing."""
+        if not inputs:  # nothing to do: do not load a model for it
+            return []
         self.ensure_loaded()
         import torch
 

@@ -283,6 +283,8 @@ class ManetExtractor(Extractor):
     def extract(self, inputs: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray | StreamStatus]:
         from imer.extractors.faces import faces_per_utterance
 
+        if not inputs:  # nothing to do: do not load a model for it
+            return []
         self.ensure_loaded()
         faces = faces_per_utterance(self._detector, inputs)
         emb = self.embed_crops([f.crop for fs in faces for f in fs])  # [sum T, 1024]

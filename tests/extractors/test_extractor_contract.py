@@ -55,16 +55,6 @@ from tiny_hf import TINY_DIM, save_tiny_audio_models, save_tiny_text_models  # n
 # (hidden size 16), so the spec round trip covers a dim that is read, not looked up.
 TINY_MODELS = {"wav2vec2": "w2v-layer", "deberta": "deberta-v1"}
 
-# ``extract([])`` should return [] before anything is loaded. Today every backend calls
-# ``ensure_loaded()`` first (a library bug, reported): egemaps, minilm and faceprint load their
-# models for nothing, manet fails with no checkpoint, wav2vec2 and deberta fail offline. Strict:
-# once a backend is fixed, its entry must go.
-EMPTY_EXTRACT_LOADS = {
-    n: "library bug: extract() calls ensure_loaded() before looking at its inputs"
-    for n in ("deberta", "egemaps", "faceprint", "manet", "minilm", "wav2vec2")
-}
-
-
 def _cls(name: str) -> type[Extractor]:
     return EXTRACTORS.get(name)
 
@@ -234,11 +224,7 @@ _EMPTY_EXTRACT = textwrap.dedent(
 ) % (HEAVY,)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=EMPTY_EXTRACT_LOADS[n], raises=AssertionError))
-     if n in EMPTY_EXTRACT_LOADS else n for n in NAMES],
-)
+@pytest.mark.parametrize("name", NAMES)
 def test_extract_of_nothing_is_nothing_and_loads_nothing(name):
     """Default config, fresh process: ``extract([])`` is ``[]``, no model loaded, no heavy import."""
     res = _python(_EMPTY_EXTRACT, name, timeout=300)
