@@ -214,10 +214,12 @@ def train(
     data: Annotated[Path, typer.Option(help="imer feature store (from 'imer extract' or 'imer import-community').")],
     method: Annotated[str, typer.Option(help="Fusion method; see 'imer methods'.")] = "comp",
     model: Annotated[Optional[Path], typer.Option("--model", help="Folder for the model bundle (default: runs/model).")] = None,
-    missing_rate: Annotated[Optional[float], typer.Option(help="Train under GCNet random missing rate MR (0.0-0.7), masks redrawn per epoch.")] = None,
+    missing_rate: Annotated[Optional[float], typer.Option(help="Train under GCNet random missing rate MR (0.0-0.7), masks redrawn per epoch. Default: neither this nor --condition, i.e. every utterance under a rate drawn from 0.0-0.7 (robust to any pattern at predict time).")] = None,
     condition: Annotated[Optional[str], typer.Option(help="Train under a fixed condition instead: a, t, v, at, av, tv or atv.")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs over all stages (ComP splits them 50/50).")] = default(TrainConfig, "epochs"),
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = default(TrainConfig, "lr"),
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = default(TrainConfig, "lr"),
+    schedule: Annotated[str, typer.Option(help="Learning-rate schedule per stage: constant or cosine.")] = default(TrainConfig, "schedule"),
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training (CUDA: fewer kernel launches; the first epoch compiles).")] = False,
     weight_decay: Annotated[float, typer.Option(help="Adam L2 penalty.")] = default(TrainConfig, "weight_decay"),
     batch_size: Annotated[Optional[int], typer.Option(help="Dialogues (or utterances) per batch; default 32 / 256.")] = default(TrainConfig, "batch_size"),
     batch_mode: Annotated[Optional[BatchMode], typer.Option(help="Batch whole dialogues or single utterances; default: the method's.")] = None,
@@ -249,8 +251,8 @@ def train(
     cfg = from_dict(TrainConfig, {
         "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
         "batch_mode": batch_mode.value if batch_mode else None, "patience": patience or None,
-        "seed": seed, "device": device, "missing_rate": (missing_rate or 0.0) if condition is None else None,
-        "condition": condition, "selection": selection.value,
+        "seed": seed, "device": device, "missing_rate": missing_rate,
+        "condition": condition, "selection": selection.value, "schedule": schedule, "compile": compile_,
     })
     cfg.validate()
     _set_threads(threads)
@@ -270,13 +272,19 @@ def train(
             summary = {"method": method, "cv": cv.value, "model": str(where),
                        "folds": [{**r.summary(), "model": str(where / n), "fold": n} for n, r in cvr.folds]}
             rows = cvr.rows
+    warnings = summary.get("warnings", []) if cv is None else [w for f in summary["folds"] for w in f.get("warnings", [])]
+    if warnings and not as_json:
+        from imer.cli.render import err_console
+
+        for w in warnings:
+            err_console.print(f"[yellow]warning:[/yellow] {w}")
     if rows:
         summary["test"] = rows
         if not as_json:
             sel = summary["selection_split"] if cv is None else summary["folds"][0]["selection_split"]
             what = "test split" if cv is None else f"mean over {len(summary['folds'])} leave-one-session-out folds"
             _print_table(rows, fs.task, f"{method} on {data.name} ({what}; selected on {sel})")
-    _report(summary, as_json, skip=("test", "best", "folds"))
+    _report(summary, as_json, skip=("test", "best", "folds", "warnings"))
 
 
 @app.command()

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 from torch.nn import functional as F
 
 from imer.errors import BadInput
@@ -28,6 +31,19 @@ def _load_methods() -> None:
 
 METHODS: Registry[type["FusionMethod"]] = Registry("method", loader=_load_methods)
 register_method = METHODS.register
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimiser a method declares in its config (``optimizer: OptimizerSpec = ...``).
+
+    Adam (with the run's L2 ``weight_decay``, as the official ComP/MoMKE code) unless a method
+    says otherwise; DQF trains with momentum SGD.
+    """
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = 0.9  # SGD only
+    nesterov: bool = False  # SGD only
 
 
 @dataclass
@@ -53,6 +69,13 @@ class FusionMethod(nn.Module):
     stage_fractions: ClassVar[tuple[float, ...]] = (1.0,)
     default_batch_mode: ClassVar[str] = "utterance"
     batch_dependent: ClassVar[bool] = False  # True would opt out of the batch-invariance test
+    # Training masks per stage: "protocol" (the run's: --missing-rate, --condition or the mixed
+    # default), "complete" (every really present stream: MoMKE's stage 1), or a fixed condition
+    # such as "at". Stages not named here use "protocol". Evaluation masks are never the method's.
+    stage_masks: ClassVar[dict[str, str]] = {}
+    # True: the trainer computes validation metrics under each of the 7 modality combinations at
+    # the end of every epoch and passes them to ``on_epoch_end`` (MCULoRA's DPFT).
+    wants_combination_feedback: ClassVar[bool] = False
 
     def __init__(self, config: Any, dims: dict[str, int], task: TaskSpec):
         super().__init__()
@@ -75,6 +98,31 @@ class FusionMethod(nn.Module):
         if name not in self.stages:
             raise BadInput(f"{type(self).__name__} has stages {self.stages}, not {name!r}")
         self.stage = name
+
+    # -- trainer hooks (defaults: the trainer decides) --------------------------
+    def mask_policy(self, stage: str) -> str:
+        """What ``stage`` trains under: "protocol", "complete" or a condition ("at", ...)."""
+        policy = self.stage_masks.get(stage, "protocol")
+        if policy not in ("protocol", "complete"):
+            from imer.types import parse_modalities
+
+            parse_modalities(policy)  # a clear error for a typo in a method's declaration
+        return policy
+
+    def draw_train_mask(self, stage: str, epoch: int, available: "np.ndarray", rng: "np.random.Generator") -> "np.ndarray | None":
+        """The method's own training mask for this epoch (bool ``[N, 3]``, a, t, v), or None to use
+        the trainer's. The trainer AND-s it with the data's present mask."""
+        return None
+
+    def on_epoch_end(self, stage: str, epoch: int, feedback: dict[str, dict[str, float]]) -> None:
+        """Called after each epoch's selection. ``feedback`` maps each modality combination
+        ("a", "t", "v", "at", "av", "tv", "atv") to validation metrics when
+        ``wants_combination_feedback``, else it is empty."""
+
+    def optimizer_spec(self) -> "OptimizerSpec":
+        """The optimiser this method trains with: its config's ``optimizer`` field, else Adam."""
+        spec = getattr(self.config, "optimizer", None)
+        return spec if isinstance(spec, OptimizerSpec) else OptimizerSpec()
 
     # -- helpers shared by all methods ---------------------------------------
     @staticmethod
@@ -102,19 +150,34 @@ class FusionMethod(nn.Module):
         return config
 
 
+def masked_mean(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over ``where`` (0 when nothing is selected), with static shapes.
+
+    No boolean indexing and no ``.any()``: both make the host wait for the GPU every step.
+    ``torch.where`` (not a product) keeps a NaN in an unselected slot out of the result.
+    """
+    w = where.to(values.dtype)
+    return torch.where(where, values, torch.zeros_like(values)).sum() / w.sum().clamp_min(1.0)
+
+
 def task_loss(
     logits: torch.Tensor, batch: Batch, task: TaskSpec, where: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """CE (eq. 16) or MSE (eq. 17) over labelled, non-padding positions (and ``where`` if given)."""
+    """CE (eq. 16) or MSE (eq. 17) averaged over labelled, non-padding positions (and ``where``).
+
+    Equal to the loss over the selected positions alone, 0 when there are none; sync-free.
+    """
     sel = batch.labelled
     if where is not None:
         sel = sel & where
-    if not sel.any():
-        return logits.sum() * 0.0
     logits = logits.float()
     if task.kind == TaskKind.CLASSIFICATION:
-        return F.cross_entropy(logits[sel], batch.y[sel])
-    return F.mse_loss(logits[sel].squeeze(-1), batch.y[sel].float())
+        y = torch.where(sel, batch.y, torch.zeros_like(batch.y))
+        per = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view_as(sel)
+    else:
+        y = torch.where(sel, batch.y.float(), torch.zeros_like(batch.y, dtype=torch.float32))
+        per = (logits.squeeze(-1) - y).square()
+    return masked_mean(per, sel)
 
 
 def build_method(

@@ -125,6 +125,10 @@ class TensorData:
         mat = np.full((len(groups), self.max_dialogue_len), -1, dtype=np.int64)
         for i, g in enumerate(groups):
             mat[i, : len(g)] = g
+        # Batch order and widths are decided on the host (these copies), so building a batch never
+        # waits for the device; only the finished index goes over, asynchronously.
+        self._dialogue_index_host = mat
+        self._dialogue_lengths_host = (mat >= 0).sum(1)
         self.dialogue_index = torch.from_numpy(mat).to(self.device)
 
     def padded_mask(self, protocol_mask) -> "object":
@@ -173,29 +177,27 @@ class TensorData:
         import torch
 
         if mode == "dialogue":
-            units = self.dialogue_index
+            units, lengths = self._dialogue_index_host, self._dialogue_lengths_host
         elif mode == "utterance":
-            units = torch.arange(self.n, device=self.device).unsqueeze(1)
+            units, lengths = np.arange(self.n, dtype=np.int64)[:, None], None
         else:
             raise BadInput(f"batch mode {mode!r}: use 'dialogue' or 'utterance'")
-        order = (
-            torch.randperm(len(units), generator=generator).to(self.device)
-            if shuffle
-            else torch.arange(len(units), device=self.device)
-        )
+        # The permutation comes from torch's generator (the same order as always), the rest is numpy.
+        order = (torch.randperm(len(units), generator=generator) if shuffle else torch.arange(len(units))).numpy()
         pm = None if protocol_mask is None else self.padded_mask(protocol_mask)
-        lengths = (units >= 0).sum(1).cpu() if mode == "dialogue" else None
         starts = list(range(0, len(units), batch_size))
         if bucket and shuffle and lengths is not None:
             # Stable sort of the shuffled order by length: ties stay in random order.
-            order = order[torch.sort(lengths[order.cpu()], stable=True).indices.to(self.device)]
+            order = order[np.argsort(lengths[order], kind="stable")]
             starts = [starts[i] for i in torch.randperm(len(starts), generator=generator).tolist()]
+        pin = self.device.type == "cuda"
         for start in starts:
             sel = order[start : start + batch_size]
             idx = units[sel]
             if lengths is not None:  # trim padding columns this batch does not need
-                width = int(lengths[sel.cpu()].max())
-                idx = idx[:, : max(width, 1)]
+                idx = idx[:, : max(int(lengths[sel].max()), 1)]
+            idx = torch.from_numpy(np.ascontiguousarray(idx))
+            idx = idx.pin_memory().to(self.device, non_blocking=True) if pin else idx.to(self.device)
             yield self.batch(idx, pm, padded=True)
 
     def num_batches(self, mode: str, batch_size: int) -> int:

@@ -40,15 +40,15 @@ def predict_outputs(
     method.eval()
     pm = None if mask is None else np.asarray(mask, dtype=bool)
     k = method.num_outputs
-    out = torch.zeros(data.n, k, device=data.device)
+    out = torch.zeros(data.n + 1, k, device=data.device)  # row n collects the padding positions
     ctx, _ = autocast(data.device, amp)
     for batch in data.iterate(batch_mode, batch_size, shuffle=False, protocol_mask=pm):
         with ctx:
             logits = method(batch).logits.float()
-        sel = batch.valid
         vals = torch.softmax(logits, -1) if method.task.kind == TaskKind.CLASSIFICATION else logits
-        out[batch.index[sel]] = vals[sel]
-    arr = out.cpu().numpy()
+        rows = torch.where(batch.valid, batch.index, torch.full_like(batch.index, data.n))  # no boolean indexing
+        out[rows.reshape(-1)] = vals.reshape(-1, k)
+    arr = out[: data.n].cpu().numpy()
     return arr if method.task.kind == TaskKind.CLASSIFICATION else arr[:, 0]
 
 

@@ -42,7 +42,9 @@ class ExperimentResult:
             "epochs_per_second": round(t.epochs_run / max(t.seconds, 1e-9), 3),
             "selection_split": t.selection_split,
             "selection_metric": t.metric,
+            "steps": t.steps,
             "best": t.best,
+            "warnings": list(t.warnings),
             "params": int(sum(p.numel() for p in self.model.parameters())),
         }
 

@@ -6,6 +6,7 @@ AND-s with the data's own ``present`` mask: a stream that is really missing stay
 * :func:`random_missing_mask` — the community "missing rate" (GCNet, MoMKE, ComP):
   ``MR = missing pairs / (3 N)``, every utterance keeps at least one modality.
 * :func:`condition_mask` — the fixed protocol: one of the seven non-empty subsets of {a, t, v}.
+* :func:`mixed_missing_mask` — every utterance under a rate drawn from a set (training default).
 * :class:`MaskSchedule` — fixed masks per seed for evaluation, fresh ones per epoch for training.
 """
 
@@ -97,28 +98,59 @@ def achieved_missing_rate(mask: np.ndarray) -> float:
     return float(1.0 - np.asarray(mask, dtype=bool).mean()) if mask.size else 0.0
 
 
+def mixed_missing_mask(
+    n: int, rates: tuple[float, ...], rng: np.random.Generator, available: np.ndarray | None = None
+) -> np.ndarray:
+    """Each utterance's pattern drawn under a rate picked uniformly from ``rates``.
+
+    The rows are dealt to the rates at random (equal shares, up to rounding) and each share gets
+    GCNet's mask at its rate, so the result mixes complete utterances with every degree of
+    missingness: what a model meant for ``predict`` (any pattern, any clip) should train on.
+    """
+    if not rates:
+        raise BadInput("a mixed missing protocol needs at least one rate")
+    available = np.ones((n, NUM_MODALITIES), dtype=bool) if available is None else np.asarray(available, dtype=bool)
+    share = rng.permutation(n) % len(rates)  # row -> index of its rate
+    out = np.ones((n, NUM_MODALITIES), dtype=bool)
+    for k, rate in enumerate(rates):
+        rows = np.flatnonzero(share == k)
+        if rows.size:
+            out[rows] = random_missing_mask(rows.size, float(rate), rng, available[rows])
+    return out
+
+
 @dataclass(frozen=True)
 class MissingProtocol:
-    """What a training run or an evaluation row applies: a rate, or a fixed condition."""
+    """What a training run or an evaluation row applies: a rate, a fixed condition, or a mixture
+    of rates (each utterance under one of them; the training default)."""
 
     missing_rate: float | None = None
     condition: str | None = None
+    mixture: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
-        if (self.missing_rate is None) == (self.condition is None):
-            raise BadInput("give exactly one of a missing rate or a condition")
+        given = sum(x is not None for x in (self.missing_rate, self.condition, self.mixture))
+        if given != 1:
+            raise BadInput("give exactly one of a missing rate, a condition or a mixture of rates")
         if self.condition is not None:
             parse_modalities(self.condition)
-        if self.missing_rate is not None and not 0.0 <= self.missing_rate < 1.0:
-            raise BadInput(f"missing rate {self.missing_rate}: must be in [0, 1)")
+        for r in (self.missing_rate,) if self.missing_rate is not None else tuple(self.mixture or ()):
+            if not 0.0 <= r < 1.0:
+                raise BadInput(f"missing rate {r}: must be in [0, 1)")
+        if self.mixture is not None and not self.mixture:
+            raise BadInput("a mixture needs at least one missing rate")
 
     @property
     def name(self) -> str:
+        if self.mixture is not None:
+            return f"mixed{min(self.mixture):.1f}-{max(self.mixture):.1f}"
         return f"mr{self.missing_rate:.1f}" if self.condition is None else f"cond-{self.condition}"
 
     def draw(self, n: int, rng: np.random.Generator, available: np.ndarray | None = None) -> np.ndarray:
         if self.condition is not None:
             return condition_mask(n, self.condition)
+        if self.mixture is not None:
+            return mixed_missing_mask(n, self.mixture, rng, available)
         return random_missing_mask(n, float(self.missing_rate), rng, available)
 
 
@@ -137,7 +169,7 @@ class MaskSchedule:
         self.available = available
 
     def eval_mask(self, n: int) -> np.ndarray:
-        tag = int(round((self.protocol.missing_rate or 0.0) * 1000))
+        tag = int(round((self.protocol.missing_rate or 0.0) * 1000)) + (100_000 if self.protocol.mixture else 0)
         rng = np.random.default_rng([self.seed, 7919, tag])
         return self.protocol.draw(n, rng, self.available)
 

@@ -34,7 +34,7 @@ from imer.fusion.base import FusionMethod
 from imer.fusion.data import TensorData
 from imer.fusion.evaluation import default_batch_size, evaluate
 from imer.fusion.metrics import primary_metric
-from imer.fusion.missing import MaskSchedule
+from imer.fusion.missing import CONDITIONS, MaskSchedule, MissingProtocol, condition_mask
 from imer.fusion.train_config import TrainConfig
 from imer.progress import Progress, report
 from imer.store.featureset import FeatureSet
@@ -51,6 +51,8 @@ class TrainResult:
     device: str = "cpu"
     selection_split: str = "valid"
     metric: str = ""  # the selection metric (WA, Acc2, ...)
+    steps: int = 0  # optimiser steps over all stages (compare methods at equal steps or at convergence)
+    warnings: list[str] = field(default_factory=list)  # e.g. a stage whose best epoch is at its very end
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +62,43 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def make_optimizer(method: FusionMethod, groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """The optimiser the method declares (Adam by default); fused kernels on CUDA (one launch
+    for every parameter instead of several per tensor)."""
+    spec = method.optimizer_spec()
+    fused = {"fused": True} if device.type == "cuda" else {}
+    if spec.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=spec.momentum, nesterov=spec.nesterov, **fused)
+    if spec.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, **fused)
+    return torch.optim.Adam(groups, lr=cfg.lr, **fused)
+
+
+def stage_epochs(method: FusionMethod, cfg: TrainConfig) -> list[int]:
+    """The epoch budget of each stage (``cfg.epochs`` split by the method's ``stage_fractions``)."""
+    if cfg.epochs < len(method.stages) * cfg.min_stage_epochs:
+        raise BadInput(f"{method.registry_name} trains in {len(method.stages)} stages: give --epochs {len(method.stages) * cfg.min_stage_epochs} or more")
+    fractions = np.asarray(method.stage_fractions, dtype=float)
+    out = np.maximum(cfg.min_stage_epochs, np.floor(cfg.epochs * fractions / fractions.sum())).astype(int)
+    out[-1] = max(cfg.min_stage_epochs, cfg.epochs - int(out[:-1].sum()))
+    return [int(e) for e in out]
+
+
+def _stage_protocol(method: FusionMethod, stage: str, cfg: TrainConfig) -> MissingProtocol | None:
+    """The protocol a stage trains and selects under; None = complete (really present) data."""
+    policy = method.mask_policy(stage)
+    if policy == "complete":
+        return None
+    if policy == "protocol":
+        return cfg.protocol()
+    return MissingProtocol(condition=policy)
+
+
+def combination_feedback(method: FusionMethod, data: TensorData, mode: str, bs: int, amp: bool) -> dict[str, dict[str, float]]:
+    """Validation metrics under each of the 7 fixed modality combinations (for methods that adapt)."""
+    return {c: evaluate(method, data, condition_mask(data.n, c), mode, bs, amp) for c in CONDITIONS}
 
 
 def fit(
@@ -74,9 +113,16 @@ def fit(
     """Train ``method`` on ``train_fs``, selecting each stage's best epoch on ``sel_fs``.
 
     Both sets are ready (split and normalised by the caller: :func:`~imer.fusion.experiment.run_experiment`
-    owns splitting and seeding). ``progress`` gets one event per epoch, stage ``"stage <name>"``,
-    with the loss and the selection metric by name. ``on_stage_end`` is called after each stage's
-    best weights are restored (checkpointing).
+    owns splitting and seeding). Per stage, the method decides the training masks
+    (``mask_policy``: the run's protocol, complete data or a fixed condition; or its own
+    ``draw_train_mask``), its optimiser (``optimizer_spec``), and may get per-combination
+    validation feedback (``on_epoch_end``). ``progress`` gets one event per epoch, stage
+    ``"stage <name>"``, with the loss and the selection metric by name. ``on_stage_end`` is called
+    after each stage's best weights are restored (checkpointing).
+
+    The training step makes no host-device synchronisation: batch order and shapes are decided
+    on the host, losses are mask-weighted (no boolean indexing), and per-epoch loss sums stay on
+    the device until the epoch's one check for non-finite values.
     """
     cfg.validate()
     device = resolve_device(cfg.device)
@@ -86,58 +132,73 @@ def fit(
         raise BadInput(f"the {sel_name} split has no labelled utterances to select a model on")
     train = TensorData(train_fs, device)
     select = TensorData(sel_fs, device)
-    protocol = cfg.protocol()
-    train_masks = MaskSchedule(protocol, cfg.seed, train_fs.present)
-    sel_mask = MaskSchedule(protocol, cfg.seed, sel_fs.present).eval_mask(len(sel_fs))
     mode = cfg.batch_mode or method.default_batch_mode
     bs = cfg.batch_size or default_batch_size(mode)
     method.to(device)
+    step_model = torch.compile(method, dynamic=True) if cfg.compile else method
     autocast_ctx, amp_dtype = autocast(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     key = primary_metric(method.task)
-
-    if cfg.epochs < len(method.stages) * cfg.min_stage_epochs:
-        raise BadInput(f"{method.registry_name} trains in {len(method.stages)} stages: give --epochs {len(method.stages) * cfg.min_stage_epochs} or more")
-    fractions = np.asarray(method.stage_fractions, dtype=float)
-    stage_epochs = np.maximum(cfg.min_stage_epochs, np.floor(cfg.epochs * fractions / fractions.sum())).astype(int)
-    stage_epochs[-1] = max(cfg.min_stage_epochs, cfg.epochs - int(stage_epochs[:-1].sum()))
+    budget = stage_epochs(method, cfg)
     result = TrainResult(device=str(device), selection_split=sel_name, metric=key)
     start = time.perf_counter()
     global_epoch = 0
-    for stage, n_epochs in zip(method.stages, stage_epochs):
+    for stage, n_epochs in zip(method.stages, budget):
         method.begin_stage(stage)
+        protocol = _stage_protocol(method, stage, cfg)
+        schedule = None if protocol is None else MaskSchedule(protocol, cfg.seed, train_fs.present)
+        sel_mask = None if protocol is None else MaskSchedule(protocol, cfg.seed, sel_fs.present).eval_mask(len(sel_fs))
         groups = [g for g in method.param_groups(cfg.weight_decay) if g["params"]]
         params = [p for g in groups for p in g["params"]]
-        opt = torch.optim.Adam(groups, lr=cfg.lr)
+        opt = make_optimizer(method, groups, cfg, device)
+        sched = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(n_epochs, 1), eta_min=0.01 * cfg.lr)
+            if cfg.schedule == "cosine" else None
+        )
         best_score, best_state, best_epoch, bad = -math.inf, None, -1, 0
         report(progress, f"stage {stage}", 0, int(n_epochs))
         for epoch in range(int(n_epochs)):
             method.train()
-            mask = torch.from_numpy(train_masks.train_mask(train.n, global_epoch))
+            rng = np.random.default_rng([cfg.seed, 104729, global_epoch, 1])
+            own = method.draw_train_mask(stage, epoch, train_fs.present, rng)
+            if own is not None:
+                own = np.asarray(own, dtype=bool)
+                if own.shape != (train.n, 3):
+                    raise BadInput(f"{method.registry_name}.draw_train_mask gave shape {own.shape}; expected [{train.n}, 3]")
+                mask = torch.from_numpy(own)
+            elif schedule is not None:
+                mask = torch.from_numpy(schedule.train_mask(train.n, global_epoch))
+            else:
+                mask = None  # complete data: every really present stream
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + global_epoch)
             sums: dict[str, torch.Tensor] = {}
             nb = 0
             for batch in train.iterate(mode, bs, shuffle=True, generator=gen, protocol_mask=mask, bucket=cfg.bucket):
                 with autocast_ctx:
-                    out = method(batch)
+                    out = step_model(batch)
                     losses = method.loss(out, batch)
                 total = losses["total"]
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
                 if cfg.grad_clip:
                     scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
                 scaler.step(opt)
                 scaler.update()
                 for k, v in losses.items():  # stays on the device: no sync per batch
                     sums[k] = sums.get(k, 0.0) + v.detach().float()
                 nb += 1
+            result.steps += nb
+            if sched is not None:
+                sched.step()
             if not all(math.isfinite(float(v)) for v in sums.values()):  # one host sync per epoch
                 raise BadInput(
                     f"the loss became non-finite in stage {stage!r}, epoch {epoch}: lower --lr, "
                     "or check the features for extreme values"
                 )
             metrics = evaluate(method, select, sel_mask, mode, bs, cfg.amp)
+            feedback = combination_feedback(method, select, mode, bs, cfg.amp) if method.wants_combination_feedback else {}
+            method.on_epoch_end(stage, epoch, feedback)
             score = metrics.get(key, float("nan"))
             improved = score > best_score or best_state is None
             if improved:
@@ -163,7 +224,18 @@ def fit(
                 break
         method.load_state_dict(best_state)  # restore the stage's best weights (Departures 8 of ComP)
         first = next(i for i, h in enumerate(result.history) if h["stage"] == stage)
-        result.best[stage] = {"epoch": best_epoch, "metrics": result.history[first + best_epoch][sel_name]}
+        ran = global_epoch - first
+        late = best_epoch >= n_epochs - max(1, int(math.ceil(0.1 * n_epochs))) and ran == n_epochs and n_epochs >= 10
+        result.best[stage] = {
+            "epoch": best_epoch, "epochs": int(n_epochs), "ran": ran, "late": bool(late),
+            "protocol": "complete" if protocol is None else protocol.name,
+            "metrics": result.history[first + best_epoch][sel_name],
+        }
+        if late:
+            result.warnings.append(
+                f"stage {stage!r}: the best epoch ({best_epoch + 1} of {n_epochs}) is in the last 10 % of the stage; "
+                "the model may be under-trained: raise --epochs or --lr"
+            )
         if on_stage_end:
             on_stage_end(stage, method, result)
     result.seconds = time.perf_counter() - start

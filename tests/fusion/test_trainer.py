@@ -71,9 +71,10 @@ def test_two_stage_schedule_and_restore_best():
     ready, name = prepare_splits(fs, TrainConfig())
     assert name == "valid"
     val = ready.split(name)
-    from imer.fusion.missing import MaskSchedule, MissingProtocol
+    from imer.fusion.missing import MaskSchedule
 
-    mask = MaskSchedule(MissingProtocol(missing_rate=0.0), 0, val.present).eval_mask(len(val))
+    # Selection ran under the run's protocol (the mixed default), fixed per seed.
+    mask = MaskSchedule(TrainConfig().protocol(), 0, val.present).eval_mask(len(val))
     again = evaluate(m, TensorData(val), mask, "dialogue", 8)
     assert again["WA"] == pytest.approx(res.best["fusion"]["metrics"]["WA"])
     assert res.best["fusion"]["metrics"]["WA"] == max(h["valid"]["WA"] for h in res.history if h["stage"] == "fusion")

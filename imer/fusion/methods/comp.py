@@ -93,7 +93,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from imer.fusion.base import FusionMethod, MethodOutput, register_method, task_loss
+from imer.fusion.base import FusionMethod, MethodOutput, masked_mean, register_method, task_loss
 from imer.fusion.data import Batch
 from imer.fusion.layers import MaskedSelfAttention, mlp
 from imer.types import MODALITY_NAMES, TaskKind, TaskSpec
@@ -318,7 +318,6 @@ class Comp(FusionMethod):
         keep = {m: present[..., j] for j, m in enumerate(MODALITY_NAMES)}
         # Z^u = Enc^u(X-hat^u); a missing slot is zero (Departures 6).
         z = {m: self.enc[m](x[m]) * keep[m][..., None].to(x[m].dtype) for m in MODALITY_NAMES}
-        recon = {m: self.dec[m](z[m]) for m in MODALITY_NAMES}
 
         if self.stage == "unimodal":
             zbar = {m: self._unimodal_update(m, z[m], keep[m]) for m in MODALITY_NAMES}
@@ -328,7 +327,7 @@ class Comp(FusionMethod):
             zbar = z
         uni = {m: self.uni_head[m](zbar[m]) for m in MODALITY_NAMES}
 
-        aux = {"recon": recon, "x_hat": x, "uni_logits": uni}
+        aux = {"z": z, "x_hat": x, "uni_logits": uni}  # decoders run in loss(): inference skips them
         if self.stage == "unimodal":
             # Prediction for model selection in stage 1: mean of the present modalities' heads.
             w = present.to(uni["audio"].dtype)
@@ -415,13 +414,12 @@ class Comp(FusionMethod):
         cfg = self.config
         terms: dict[str, torch.Tensor] = {}
         present = batch.present & batch.valid[..., None]
-        recon = out.aux["recon"]
         rec = []
-        for j, m in enumerate(MODALITY_NAMES):
-            sel = present[..., j]
-            if sel.any():
-                rec.append(F.mse_loss(recon[m][sel].float(), out.aux["x_hat"][m][sel].float()))
-        terms["recon"] = torch.stack(rec).sum() if rec else out.logits.sum() * 0.0
+        for j, m in enumerate(MODALITY_NAMES):  # eq. 2's L_enc, over present slots only (sync-free)
+            recon = self.dec[m](out.aux["z"][m])
+            per = (recon.float() - out.aux["x_hat"][m].float()).square().mean(-1)  # [B, L]
+            rec.append(masked_mean(per, present[..., j]))
+        terms["recon"] = torch.stack(rec).sum()
         uni = [task_loss(out.aux["uni_logits"][m], batch, self.task, present[..., j]) for j, m in enumerate(MODALITY_NAMES)]
         terms["unimodal"] = torch.stack(uni).sum()
         if self.stage == "unimodal":  # eq. 2
