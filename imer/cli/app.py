@@ -224,6 +224,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option(help="Dialogues (or utterances) per batch; default 32 / 256.")] = default(TrainConfig, "batch_size"),
     batch_mode: Annotated[Optional[BatchMode], typer.Option(help="Batch whole dialogues or single utterances; default: the method's.")] = None,
     patience: Annotated[int, typer.Option(help="Stop a stage after this many epochs without improvement (0 = never).")] = default(TrainConfig, "patience") or 0,
+    val_by: Annotated[str, typer.Option(help="When the data has no valid split, hold out whole 'speakers' or 'dialogues' for selection; 'auto': speakers when each dialogue has one speaker (speaker-independent selection).")] = default(TrainConfig, "val_by"),
     selection: Annotated[Selection, typer.Option(help="Select the best epoch on 'valid' (held-out training dialogues when the data has no valid split) or on 'test' (the official ComP protocol; optimistic).")] = Selection(default(TrainConfig, "selection")),
     seed: Annotated[int, typer.Option(help="Seed for weights, batches and masks.")] = default(TrainConfig, "seed"),
     device: DeviceOpt = default(TrainConfig, "device"),
@@ -252,7 +253,7 @@ def train(
         "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
         "batch_mode": batch_mode.value if batch_mode else None, "patience": patience or None,
         "seed": seed, "device": device, "missing_rate": missing_rate,
-        "condition": condition, "selection": selection.value, "schedule": schedule, "compile": compile_,
+        "condition": condition, "selection": selection.value, "schedule": schedule, "compile": compile_, "val_by": val_by,
     })
     cfg.validate()
     _set_threads(threads)

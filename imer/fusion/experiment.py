@@ -53,8 +53,8 @@ def prepare_splits(fs: FeatureSet, cfg: TrainConfig) -> tuple[FeatureSet, str]:
     """``fs`` with a selection split, and its name.
 
     ``selection="valid"`` keeps the data's validation split or holds ``val_fraction`` of the
-    training dialogues out (before the normaliser is fitted, so selection never sees statistics
-    of its own data); ``selection="test"`` selects on test (the official protocol; optimistic).
+    training speakers (when they partition the dialogues) or dialogues out, before the
+    normaliser is fitted, so selection never sees statistics of its own data; ``selection="test"`` selects on test (the official protocol; optimistic).
     """
     if "train" not in fs.splits:
         raise BadInput("the data has no 'train' split; assign splits in the manifest or importer")
@@ -62,7 +62,7 @@ def prepare_splits(fs: FeatureSet, cfg: TrainConfig) -> tuple[FeatureSet, str]:
         if "test" not in fs.splits:
             raise BadInput("--selection test needs a 'test' split")
         return fs, "test"
-    return make_validation_split(fs, cfg.val_fraction, cfg.seed), "valid"
+    return make_validation_split(fs, cfg.val_fraction, cfg.seed, cfg.val_by), "valid"
 
 
 def run_experiment(

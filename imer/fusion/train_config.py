@@ -30,7 +30,8 @@ class TrainConfig:
     missing_rate: float | None = None
     condition: str | None = None
     mixed_rates: tuple[float, ...] = MISSING_RATES
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # share of training speakers / dialogues held out when the data has no valid split
+    val_by: Literal["auto", "speakers", "dialogues"] = "auto"  # auto: speakers when they partition the dialogues
     selection: Literal["valid", "test"] = "valid"  # "test": the official protocol, optimistic
     grad_clip: float | None = 5.0
     min_stage_epochs: int = 1

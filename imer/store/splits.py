@@ -2,8 +2,9 @@
 
 * :func:`assign_splits` — splits named in a manifest (with common aliases), or, when none are
   given, whole speakers (or dialogues) held out as ``test``.
-* :func:`make_validation_split` — a validation split held out of ``train`` when the data has none,
-  whole dialogues at a time, so model selection never looks at ``test``.
+* :func:`make_validation_split` — a validation split held out of ``train`` when the data has none:
+  whole speakers when they partition the dialogues (speaker-independent selection), else whole
+  dialogues; model selection never looks at ``test``.
 * :func:`session_folds` — IEMOCAP's 5-fold leave-one-session-out protocol.
 """
 
@@ -56,20 +57,50 @@ def assign_splits(
     return ["test" if g in test else "train" for g in groups]
 
 
-def make_validation_split(fs: FeatureSet, fraction: float, seed: int) -> FeatureSet:
-    """Move a random ``fraction`` of training *dialogues* to 'valid' (whole dialogues, so no leakage).
+def validation_groups(fs: FeatureSet, by: str = "auto") -> tuple[str, list[str]]:
+    """What a validation split holds out whole: ``("speakers", per-row speaker)`` or
+    ``("dialogues", per-row dialogue)``.
+
+    ``auto`` holds out speakers when they partition the training dialogues (every dialogue has
+    one named speaker: RAVDESS, CREMA-D, a folder of clips per actor) and there are at least 3
+    of them; then model selection rewards recognising emotions of people the model has not
+    heard, which is what ``predict`` faces. Otherwise (IEMOCAP's M/F per dialogue, MELD's many
+    speakers per scene, no speakers) whole dialogues are held out.
+    """
+    if by not in ("auto", "speakers", "dialogues"):
+        raise BadInput(f"validation hold-out {by!r}: use auto, speakers or dialogues")
+    rows = [i for i, s in enumerate(fs.splits) if s == "train"]
+    per_dialogue: dict[str, set[str]] = {}
+    for i in rows:
+        per_dialogue.setdefault(fs.dialogues[i], set()).add(fs.speakers[i])
+    speakers = {fs.speakers[i] for i in rows if fs.speakers[i]}
+    partition = all(len(v) == 1 and "" not in v for v in per_dialogue.values())
+    if by == "speakers" and not (partition and len(speakers) >= 2):
+        raise BadInput(
+            "validation by speakers needs every training dialogue to have one named speaker and at least 2 speakers; "
+            "use dialogues"
+        )
+    if by == "speakers" or (by == "auto" and partition and len(speakers) >= 3):
+        return "speakers", list(fs.speakers)
+    return "dialogues", list(fs.dialogues)
+
+
+def make_validation_split(fs: FeatureSet, fraction: float, seed: int, by: str = "auto") -> FeatureSet:
+    """Move a random ``fraction`` of the training speakers or dialogues (see
+    :func:`validation_groups`) to 'valid', whole, so no speaker or dialogue is on both sides.
 
     Used when the data has no validation split: model selection then never looks at test.
     """
     if "valid" in fs.splits:
         return fs
-    train_dialogues = sorted({d for d, s in zip(fs.dialogues, fs.splits) if s == "train"})
-    if len(train_dialogues) < 2:
-        raise BadInput("need at least 2 training dialogues to hold one out for validation")
+    kind, groups = validation_groups(fs, by)
+    train_groups = sorted({g for g, s in zip(groups, fs.splits) if s == "train"})
+    if len(train_groups) < 2:
+        raise BadInput(f"need at least 2 training {kind} to hold one out for validation")
     rng = np.random.default_rng(seed)
-    k = min(len(train_dialogues) - 1, max(1, int(round(fraction * len(train_dialogues)))))
-    held = set(rng.choice(train_dialogues, size=k, replace=False).tolist())
-    return fs.with_splits(["valid" if (s == "train" and d in held) else s for d, s in zip(fs.dialogues, fs.splits)])
+    k = min(len(train_groups) - 1, max(1, int(round(fraction * len(train_groups)))))
+    held = set(rng.choice(train_groups, size=k, replace=False).tolist())
+    return fs.with_splits(["valid" if (s == "train" and g in held) else s for g, s in zip(groups, fs.splits)])
 
 
 _SESSION = re.compile(r"^Ses0?(\d+)")

@@ -80,3 +80,42 @@ def test_iemocap_session(dialogue, session):
 def test_iemocap_session_bad(bad):
     with pytest.raises(BadInput):
         iemocap_session(bad)
+
+
+# ---------------------------------------------------------------------- speakers or dialogues
+def _one_speaker_per_dialogue(n_speakers: int, per_speaker: int = 6) -> FeatureSet:
+    """RAVDESS-like: every utterance is its own dialogue, spoken by one actor."""
+    kw = fs_kwargs(make_featureset(n_dialogues=n_speakers * per_speaker, length=(1, 1), seed=3))
+    n = len(kw["ids"])
+    kw["speakers"] = [f"actor{i // per_speaker:02d}" for i in range(n)]
+    kw["dialogues"] = list(kw["ids"])
+    kw["splits"] = ["train"] * n
+    return FeatureSet(**kw)
+
+
+def test_validation_holds_out_whole_speakers_when_they_partition_the_dialogues():
+    from imer.store.splits import validation_groups
+
+    fs = _one_speaker_per_dialogue(10)
+    assert validation_groups(fs)[0] == "speakers"
+    out = make_validation_split(fs, 0.2, seed=0)
+    by_speaker: dict[str, set] = {}
+    for spk, s in zip(out.speakers, out.splits):
+        by_speaker.setdefault(spk, set()).add(s)
+    assert all(len(v) == 1 for v in by_speaker.values()), "a speaker is on both sides of the validation split"
+    assert sum(v == {"valid"} for v in by_speaker.values()) == 2  # round(0.2 * 10) speakers, whole
+
+
+def test_validation_falls_back_to_dialogues_when_speakers_share_dialogues():
+    from imer.store.splits import validation_groups
+
+    fs = make_featureset(n_dialogues=20, seed=2)  # IEMOCAP-like: speakers A and B in every dialogue
+    assert validation_groups(fs)[0] == "dialogues"
+    two = _one_speaker_per_dialogue(2)  # too few speakers to hold one out and keep training varied
+    assert validation_groups(two)[0] == "dialogues"
+    assert validation_groups(two, "speakers")[0] == "speakers"  # asked for explicitly: allowed
+    with pytest.raises(BadInput, match="one named speaker"):
+        validation_groups(fs, "speakers")
+    assert validation_groups(_one_speaker_per_dialogue(4), "dialogues")[0] == "dialogues"
+    with pytest.raises(BadInput, match="auto, speakers or dialogues"):
+        validation_groups(fs, "actors")
