@@ -1,10 +1,14 @@
 """Benchmark: train fusion methods on the IEMOCAP-4 stand-in store and print the MR table.
 
 Prints, per method: WA / UA (mean ± std over evaluation-mask seeds) at missing rates 0.0-0.7 and
-the seven fixed conditions, the achieved missing rate, wall time, epochs/s and the device.
+the seven fixed conditions, the achieved missing rate, wall time, epochs/s, optimiser steps, the
+device, and per training stage the best epoch and whether it fell in the last 10 % of the stage
+(a sign of under-training). Methods are compared at convergence: every setting defaults to
+imer's own TrainConfig (early stopping on validation, patience 30), the same for each method.
 
-    python benchmarks/fusion_mr_table.py                                # CPU, default settings
-    python benchmarks/fusion_mr_table.py --device cuda --epochs 300     # the GPU run (H100)
+    python benchmarks/fusion_mr_table.py                                # CPU, imer's defaults (mixed MR 0.0-0.7 training)
+    python benchmarks/fusion_mr_table.py --train-missing-rate 0.3       # the paper's protocol: one training MR
+    python benchmarks/fusion_mr_table.py --device cuda --epochs 300 --patience 0   # the official run length
     python benchmarks/fusion_mr_table.py --per-rate                     # one model per MR (paper protocol)
 
 Audio and video in this store are STAND-INS (eGeMAPS of RAVDESS / HOG of FER2013 faces with
@@ -31,14 +35,15 @@ from imer.devices import resolve_device  # noqa: E402
 from imer.fusion.trainer import TrainConfig  # noqa: E402
 
 
-def run_one(method: str, fs, train_rate: float, args) -> dict:
+def run_one(method: str, fs, train_rate: float | None, args) -> dict:
     options = json.loads(args.options) if args.options else {}
+    base = TrainConfig()
     cfg = TrainConfig(
-        epochs=args.epochs,
-        lr=args.lr,
+        epochs=args.epochs or base.epochs,
+        lr=args.lr or base.lr,
         batch_size=args.batch_size,
         batch_mode=args.batch_mode,
-        patience=args.patience or None,
+        patience=base.patience if args.patience is None else (args.patience or None),
         seed=args.seed,
         device=args.device,
         missing_rate=train_rate,
@@ -54,6 +59,7 @@ def run_one(method: str, fs, train_rate: float, args) -> dict:
     total = time.perf_counter() - t0
     return {
         **res.summary(),
+        "train_config": {"epochs": cfg.epochs, "lr": cfg.lr, "patience": cfg.patience, "protocol": cfg.protocol().name},
         "train_missing_rate": train_rate,
         "eval_seconds": round(total - res.train.seconds, 2),
         "rows": res.rows,
@@ -77,7 +83,7 @@ def run_ablations(fs, args, results: list) -> None:
     """Train comp once per Table-3 row at --train-missing-rate; WA per evaluation MR."""
     base = json.loads(args.options) if args.options else {}
     show = (0.0, 0.1, 0.3, 0.5, 0.7)
-    print(f"\n[comp ablations] trained at MR {args.train_missing_rate:.1f}; WA (%) at evaluation MR")
+    print(f"\n[comp ablations] trained at {'MR %.1f' % args.train_missing_rate if args.train_missing_rate is not None else 'mixed MR'}; WA (%) at evaluation MR")
     print(" KP PG Cr GM  " + " ".join(f"{r:>6.1f}" for r in show) + "   train s")
     for kp, pg, cr, gm in ABLATION_ROWS:
         args.options = json.dumps({**base, "use_kp": kp, "use_pg": pg, "use_cr": cr, "use_gm": gm})
@@ -88,6 +94,15 @@ def run_ablations(fs, args, results: list) -> None:
         marks = " ".join("●" if x else "○" for x in (kp, pg, cr, gm))
         print(f" {marks}  " + " ".join(f"{100 * wa[r]:>6.2f}" for r in show) + f"   {res['seconds']:.0f}")
     args.options = json.dumps(base)
+
+
+def convergence(res: dict) -> str:
+    """Per stage: best epoch of the stage's budget, and LATE when it fell in the last 10 %."""
+    parts = []
+    for stage, b in res["best"].items():
+        flag = "  LATE (last 10 %: under-trained?)" if b.get("late") else ""
+        parts.append(f"{stage}: best epoch {b['epoch'] + 1} of {b.get('epochs', '?')} (ran {b.get('ran', '?')}){flag}")
+    return "; ".join(parts)
 
 
 def fmt(rows: list[dict]) -> str:
@@ -105,13 +120,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--store", type=Path, default=ROOT / "bench-out" / "iemocap4-standin")
     ap.add_argument("--methods", default="concat,comp")
-    ap.add_argument("--train-missing-rate", type=float, default=0.3, help="MR used for training (one model per method)")
+    ap.add_argument("--train-missing-rate", type=float, default=None, help="one MR for training (paper protocol); default: imer's mixed 0.0-0.7")
     ap.add_argument("--per-rate", action="store_true", help="train one model per MR 0.1..0.7 and test it at that MR")
-    ap.add_argument("--epochs", type=int, default=60)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--epochs", type=int, default=None, help="default: imer's TrainConfig")
+    ap.add_argument("--lr", type=float, default=None, help="default: imer's TrainConfig")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--batch-mode", default=None, choices=[None, "dialogue", "utterance"])
-    ap.add_argument("--patience", type=int, default=0, help="0 = run every epoch")
+    ap.add_argument("--patience", type=int, default=None, help="default: imer's TrainConfig (30); 0 = run every epoch")
     ap.add_argument("--selection", default="valid", choices=["valid", "test"])
     ap.add_argument("--mask-seeds", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
@@ -121,6 +137,10 @@ def main() -> None:
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args()
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if not is_store(args.store):
         sys.exit(f"{args.store}: no feature store; build it first with: python benchmarks/build_iemocap_standin.py")
     fs = load_store(args.store)
@@ -139,6 +159,7 @@ def main() -> None:
             args.json_out.write_text(json.dumps(results, indent=2, default=str))
         return
     rates = [r for r in MISSING_RATES if r > 0] if args.per_rate else [args.train_missing_rate]
+    print("compared at convergence: each method trains with the same TrainConfig and early stopping on validation")
     for method in args.methods.split(","):
         per_method_rows = []
         for rate in rates:
@@ -146,10 +167,12 @@ def main() -> None:
             results.append(res)
             per_method_rows += res["rows"]
             print(
-                f"\n[{method}] trained at MR {rate:.1f}: {res['epochs_run']} epochs in {res['seconds']:.1f} s "
-                f"({res['epochs_per_second']:.2f} epochs/s) on {res['device']}, {res['params']:,} params, "
-                f"eval {res['eval_seconds']:.1f} s"
+                f"\n[{method}] trained under {res['train_config']['protocol']} (lr {res['train_config']['lr']:g}, "
+                f"patience {res['train_config']['patience']}): {res['epochs_run']} epochs, {res['steps']} optimiser steps "
+                f"in {res['seconds']:.1f} s ({res['epochs_per_second']:.2f} epochs/s) on {res['device']}, "
+                f"{res['params']:,} params, eval {res['eval_seconds']:.1f} s"
             )
+            print(f"  convergence: {convergence(res)}")
             if not args.per_rate:
                 print(fmt(res["rows"]))
         if args.per_rate:

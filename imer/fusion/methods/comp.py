@@ -12,15 +12,17 @@ What is implemented, top to bottom, with the paper's equation numbers:
       axis (n -> c), GELU, c -> c linear, dropout. Computed once per forward and shared by every
       block ("frozen among all knowledge propagation blocks within each batch").
     * Progressive prompt generation (eq. 7–9): ``S = softmax(cos(Z_l, A))`` with missing rows
-      removed; ``P~ = MLP_p(FFN_1(S A) + FFN_2(Z_l))``; momentum
+      removed; ``P~ = MLP_p(FFN_1(S A) + FFN_2(Z_l))`` (widths: Departures 12); momentum
       ``P_l^{vu} = lambda * P-bar_{l-1}^{vu} + (1 - lambda) * P~_l^v``.
     * Knowledge propagation blocks (eq. 3–5): ``G_0 = Linear_{d+2p -> d}([Z_l, P^{vu}, P^{wu}])``,
       ``m`` residual masked multi-head self-attention layers (missing instances are masked as
-      keys), ``[Z-bar, P-bar^{vu}, P-bar^{wu}] = Linear_{d -> d+2p}(G_m)``.
+      keys; attention-probability dropout: Departures 11),
+      ``[Z-bar, P-bar^{vu}, P-bar^{wu}] = Linear_{d -> d+2p}(G_m)``.
     * Instance-level gradient modulation of ``M^u`` (eq. 10–11), as a custom autograd function
       that scales each instance's contribution to ``grad M^u``.
     * Coordinator (eq. 12–15): ``omega = softmax(MLP([Z-bar^a, Z-bar^t, Z-bar^v]))``,
-      ``F = [omega^a Z-bar^a, omega^t Z-bar^t, omega^v Z-bar^v]``, ``Y' = Classifier(F)``.
+      ``F = [omega^a Z-bar^a, omega^t Z-bar^t, omega^v Z-bar^v]``, ``Y' = Classifier(F)``
+      (optional rescaling and masking of absent modalities: Departures 13).
     * Task loss: CE (eq. 16) or MSE (eq. 17).
 
 Ablation switches follow Table 3: ``use_kp`` (KP), ``use_pg`` (PG), ``use_cr`` (Cr), ``use_gm``
@@ -70,8 +72,9 @@ Departures (paper vs. here, and where the official code differs):
    zeroed, not ``Enc(0)``), so their ``Z-bar^u`` comes from the prompts and attention only —
    the paper's "reconstructed by their cross-modal counterparts".
 7. **Eq. 5 and eq. 8** are implemented as written: eq. 5 a single linear layer (the code uses an
-   MLP), eq. 8 includes ``MLP_p`` (absent in the code). With ``use_pg=False`` prompts are a
-   linear projection ``d -> p`` of the block input, with the same momentum update.
+   MLP), eq. 8 includes ``MLP_p`` (absent in the code; layer widths: Departures 12). With
+   ``use_pg=False`` prompts are a linear projection ``d -> p`` of the block input, with the same
+   momentum update.
 8. **Eq. 9's superscripts.** It writes ``P~_l^u`` for the prompt delivered *to* u; the prompt
    from v to u must be v's fresh prompt ``P~_l^v`` ("prompts from modalities v and w"), as in
    the official code. Block 1 has no ``P-bar_0``, so it uses the fresh prompts alone.
@@ -79,15 +82,56 @@ Departures (paper vs. here, and where the official code differs):
    validation) before stage 2 (a no-op in the official code). Stage 1 has no fused classifier,
    so its validation prediction is the mean of the present modalities' unimodal heads.
 10. **Hyper-parameters** are not in the paper. Model defaults are the official CMU-MOSI command:
-    hidden 256, 2 blocks x 2 attention layers, 2 heads, dropout 0.5, lambda 0.3, c = 10,
-    p = 16, Adam lr 1e-4, L2 1e-5, 32 dialogues per batch. Its 150 + 150 epochs without early
+    hidden 256, 2 blocks x 2 attention layers, 2 heads, dropout 0.5, attention dropout 0.0,
+    lambda 0.3, c = 10, p = 16, Adam lr 1e-4, L2 1e-5, 32 dialogues per batch. Its 150 + 150 epochs without early
     stopping is ``imer train --epochs 300 --patience 0``; imer's default is 100 epochs split
     50/50 with early stopping (patience 30) on the validation split.
+11. **Attention-probability dropout** (``attn_dropout``, default 0.0: the official command's
+    ``--attn_drop_rate=0.0``; the paper names no dropout at all). imer used to pass the model's
+    ``dropout`` (0.5) to the softmax probabilities of every KP attention layer as well, which was
+    listed nowhere: in training each query then lost about half of its (few) visible utterances
+    at random and the kept ones were doubled, a much noisier KP path than the official one.
+    ``dropout`` still applies everywhere else, including the residual branch of eq. 4 (the
+    official layers drop there too, inside their MLP); ``attn_dropout=0.5`` gives back the
+    previous behaviour.
+12. **Widths of eq. 8's FFN_1, FFN_2 and MLP_p** (``pg_ffn_hidden``). The paper names the layers
+    but gives no sizes. The official code has no separate FFNs and no MLP_p: its fresh prompt is
+    ``Mlp(d -> p -> p)(S A) + Linear(d -> p)(Z_l)`` (GELU, dropout; p = 16), i.e. FFN_1 is a
+    two-layer network of width p that already outputs the p-dim prompt, and FFN_2 a single
+    linear layer d -> p. Here the paper's structure is kept with the official width
+    h = ``pg_ffn_hidden`` (0 = p): FFN_1 and FFN_2 are d -> h -> h (GELU, dropout), MLP_p is
+    h -> h -> p. FFN_1 is then the official layer exactly; FFN_2 has the official d -> p layer
+    plus a p -> p one (the paper calls it an FFN), and MLP_p is the small p -> p -> p projection
+    the paper adds. imer used h = d (FFN d -> d -> d, MLP_p d -> d -> p): at d = 256 that was
+    about a fifth of all parameters (a quarter with MLP_p) for a path that measures as nearly
+    inert (eq. 7's assignments are close to uniform: replacing them by uniform ones changed 0 of
+    1,116 predictions). ``pg_ffn_hidden=hidden`` restores those sizes exactly. Default config,
+    dims 512/1024/1024, 4 classes, n = 110 (IEMOCAP's longest dialogue): 8,180,191 parameters
+    with h = d, 6,237,631 with h = p (-23.7 %; the PG blocks: 1,998,432 -> 55,872).
+13. **Coordinator scale and absent modalities** (``cr_scale``, ``cr_mask``). Eq. 13's weights sum
+    to 1, so with Cr the classifier sees about a third of its Cr-off input scale, and under Adam
+    (updates of fixed size per step) its first layer then moves about three times slower
+    relative to that input: at lr 1e-4 that, not the coordinator, made Cr look harmful in imer's
+    review (the gap vanished at lr 1e-3). ``cr_scale="paper"`` (default) is eq. 13-14 as written;
+    ``"modalities"`` multiplies omega by k, the number of modalities the softmax runs over in that
+    utterance (3; the present ones where absent modalities are masked), so the weights sum to k
+    and average 1, the Cr-off scale (with uniform omega ``F`` *is* the Cr-off input). The
+    rescaling changes optimisation speed, not what the model can express. Eq. 13's softmax runs
+    over all of M. With KP on every modality has a ``Z-bar`` (a missing one is rebuilt from the
+    prompts, Departures 6), and weighing the rebuilt features is the point of the method, so all
+    three are weighed as written. With KP off (outside the paper's model: "when KP is removed,
+    the subsequent components are disabled") an absent modality's ``Z-bar`` is the zero vector,
+    so its weight multiplies nothing and only takes a learned, mask-dependent share away from the
+    present modalities. ``cr_mask="without_kp"`` (default) therefore takes the softmax over the
+    present modalities only when KP is off, masking the absent ones' logits as
+    ``MaskedSelfAttention`` masks keys (their weight is exactly 0); ``"always"`` masks with KP on
+    too (rebuilt modalities then get no weight), ``"never"`` is eq. 13 as written in every case.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from torch import nn
@@ -108,6 +152,8 @@ class CompConfig:
     attn_layers: int = 2  # m MSA layers per KP block (eq. 4); official command
     heads: int = 2
     dropout: float = 0.5
+    attn_dropout: float = 0.0  # on KP attention probabilities; official --attn_drop_rate, Departures 11
+    pg_ffn_hidden: int = 0  # h of eq. 8: FFN_1/2 d->h->h, MLP_p h->h->p; 0 = prompt_dim (official); hidden = old d-wide
     momentum: float = 0.3  # lambda of eq. 9; official command
     max_len: int = 0  # n of eq. 6: padded dialogue length; 0 = longest training dialogue
     encoder_layers: int = 2
@@ -117,6 +163,10 @@ class CompConfig:
     use_kp: bool = True  # knowledge propagation, eq. 3-5 (Table 3 "KP")
     use_pg: bool = True  # prompt generation with prototypes, eq. 6-9 (Table 3 "PG")
     use_cr: bool = True  # coordinator, eq. 12-14 (Table 3 "Cr")
+    # eq. 13-14: "paper" = softmax weights (sum 1); "modalities" = x the number of weighed modalities
+    cr_scale: Literal["paper", "modalities"] = "paper"
+    # which utterances' absent modalities get zero coordinator weight (Departures 13)
+    cr_mask: Literal["without_kp", "always", "never"] = "without_kp"
     use_gm: bool = True  # instance-level gradient modulation, eq. 10-11 (Table 3 "GM")
 
     @classmethod
@@ -190,13 +240,18 @@ class PrototypeLayer(nn.Module):
 
 
 class PromptGenerationBlock(nn.Module):
-    """Eq. 7-8: prompts from similarity to prototypes plus the block's own features."""
+    """Eq. 7-8: prompts from similarity to prototypes plus the block's own features.
 
-    def __init__(self, d: int, p: int, dropout: float):
+    ``width`` is h of Departures 12: FFN_1, FFN_2 ``d -> h -> h``, MLP_p ``h -> h -> p``;
+    0 = p (the official width), d = the earlier d-wide layers.
+    """
+
+    def __init__(self, d: int, p: int, dropout: float, width: int = 0):
         super().__init__()
-        self.ffn1 = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, d))
-        self.ffn2 = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, d))
-        self.mlp_p = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, p))
+        h = width if width > 0 else p
+        self.ffn1 = nn.Sequential(nn.Linear(d, h), nn.GELU(), nn.Dropout(dropout), nn.Linear(h, h))
+        self.ffn2 = nn.Sequential(nn.Linear(d, h), nn.GELU(), nn.Dropout(dropout), nn.Linear(h, h))
+        self.mlp_p = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, p))
 
     def forward(self, z: torch.Tensor, protos: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         sim = F.normalize(z, dim=-1) @ F.normalize(protos, dim=-1).transpose(1, 2)  # [B, L, c]
@@ -205,13 +260,17 @@ class PromptGenerationBlock(nn.Module):
 
 
 class KnowledgePropagationBlock(nn.Module):
-    """Eq. 3-5: compress [Z, prompts], masked residual self-attention, expand back."""
+    """Eq. 3-5: compress [Z, prompts], masked residual self-attention, expand back.
 
-    def __init__(self, d: int, p: int, layers: int, heads: int, dropout: float):
+    ``dropout`` acts on the residual branch, ``attn_dropout`` on the attention probabilities
+    (Departures 11).
+    """
+
+    def __init__(self, d: int, p: int, layers: int, heads: int, dropout: float, attn_dropout: float = 0.0):
         super().__init__()
         self.p = p
         self.compress = nn.Linear(d + 2 * p, d)  # eq. 3
-        self.attn = nn.ModuleList(MaskedSelfAttention(d, heads, dropout) for _ in range(layers))
+        self.attn = nn.ModuleList(MaskedSelfAttention(d, heads, attn_dropout) for _ in range(layers))
         self.drop = nn.Dropout(dropout)
         self.expand = nn.Linear(d, d + 2 * p)  # eq. 5
 
@@ -263,6 +322,8 @@ class Comp(FusionMethod):
         super().__init__(config, dims, task)
         if config.max_len <= 0:
             config = self.config = replace(config, max_len=1)
+        if config.pg_ffn_hidden <= 0:  # recorded explicitly, so a saved bundle keeps its sizes
+            config = self.config = replace(config, pg_ffn_hidden=config.prompt_dim)
         d, p, c, drop = config.hidden, config.prompt_dim, config.num_prototypes, config.dropout
         k = self.num_outputs
         mods = MODALITY_NAMES
@@ -271,7 +332,7 @@ class Comp(FusionMethod):
         self.kp = nn.ModuleDict(
             {
                 m: nn.ModuleList(
-                    KnowledgePropagationBlock(d, p, config.attn_layers, config.heads, drop)
+                    KnowledgePropagationBlock(d, p, config.attn_layers, config.heads, drop, config.attn_dropout)
                     for _ in range(config.num_blocks)
                 )
                 for m in mods
@@ -280,7 +341,10 @@ class Comp(FusionMethod):
         self.uni_head = nn.ModuleDict({m: nn.Linear(d, k) for m in mods})
         self.proto = nn.ModuleDict({m: PrototypeLayer(config.max_len, c, drop) for m in mods})
         self.pg = nn.ModuleDict(
-            {m: nn.ModuleList(PromptGenerationBlock(d, p, drop) for _ in range(config.num_blocks)) for m in mods}
+            {
+                m: nn.ModuleList(PromptGenerationBlock(d, p, drop, config.pg_ffn_hidden) for _ in range(config.num_blocks))
+                for m in mods
+            }
         )
         self.prompt_proj = nn.ModuleDict(  # prompts without PG (ablation)
             {m: nn.ModuleList(nn.Linear(d, p) for _ in range(config.num_blocks)) for m in mods}
@@ -337,9 +401,10 @@ class Comp(FusionMethod):
 
         zcat = torch.cat([zbar[m] for m in MODALITY_NAMES], dim=-1)
         if cfg.use_cr:
-            omega = torch.softmax(self.coordinator(zcat), dim=-1)  # eq. 12-13, [B, L, 3]
-            fused = torch.cat([omega[..., j : j + 1] * zbar[m] for j, m in enumerate(MODALITY_NAMES)], dim=-1)
+            omega, weights = self._coordinate(self.coordinator(zcat), present)  # eq. 12-13, [B, L, 3]
+            fused = torch.cat([weights[..., j : j + 1] * zbar[m] for j, m in enumerate(MODALITY_NAMES)], dim=-1)
             aux["omega"] = omega
+            aux["fusion_weights"] = weights
         else:
             fused = zcat
         logits = self.classifier(fused)  # eq. 14-15
@@ -347,6 +412,25 @@ class Comp(FusionMethod):
         if self.training and cfg.use_kp and cfg.use_pg and cfg.use_gm:
             self._set_gradient_modulation(uni, batch, present)
         return MethodOutput(logits, aux)
+
+    def _coordinate(self, scores: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 13 (masked per ``cr_mask``) and the weights of eq. 14 (scaled per ``cr_scale``).
+
+        scores ``[B, L, 3]`` from eq. 12's MLP, present bool ``[B, L, 3]`` -> (omega, weights).
+        Sync-free: masks and sums only (Departures 13).
+        """
+        cfg = self.config
+        masked = False and (cfg.cr_mask == "without_kp" and not cfg.use_kp)
+        if masked:  # as MaskedSelfAttention masks keys: absent modalities get exactly 0
+            scores = scores.masked_fill(~present, torch.finfo(scores.dtype).min)
+            omega = torch.softmax(scores, dim=-1) * present.to(scores.dtype)  # padding rows: all 0
+        else:
+            omega = torch.softmax(scores, dim=-1)
+        if cfg.cr_scale == "paper":
+            return omega, omega
+        if not masked:  # every modality has a Z-bar (rebuilt when missing) and is weighed
+            return omega, omega * omega.shape[-1]
+        return omega, omega * present.sum(-1, keepdim=True).to(omega.dtype)
 
     def _unimodal_update(self, m: str, z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """f^u in stage 1: the modality's own KP blocks with zero prompts (Departures 5)."""

@@ -26,6 +26,7 @@ from imer.fusion.data import Batch, Normalizer, TensorData  # noqa: E402
 from imer.fusion.evaluation import evaluate  # noqa: E402
 from imer.fusion.experiment import prepare_splits  # noqa: E402
 from imer.fusion.methods.comp import (  # noqa: E402
+    CompConfig,
     KnowledgePropagationBlock,
     PromptGenerationBlock,
     PrototypeLayer,
@@ -677,6 +678,192 @@ def test_chunked_training_step_is_finite():
     g = train_step_grads(model, make_batch([8, 5], seed=10))
     for m in MODALITY_NAMES:
         assert torch.isfinite(g[f"proto.{m}.M"]).all()
+
+
+# ---------------------------------------------------------------------- review options (Departures 11-13)
+def _train_logits(model, batch):
+    model.train()
+    return model(batch).logits.detach()
+
+
+def test_attn_dropout_is_its_own_option():
+    """Departures 11: attention probabilities use ``attn_dropout`` (official 0.0), the rest ``dropout``."""
+    assert CompConfig().attn_dropout == 0.0 and CompConfig().dropout == 0.5
+    model = make_model(dropout=0.5)
+    for blocks in model.kp.values():
+        for block in blocks:
+            assert block.drop.p == 0.5  # the residual branch keeps the model's dropout
+            assert all(layer.drop.p == 0.0 for layer in block.attn)
+    model = make_model(dropout=0.5, attn_dropout=0.25)
+    assert all(layer.drop.p == 0.25 for blocks in model.kp.values() for b in blocks for layer in b.attn)
+
+
+@pytest.mark.parametrize("stage", ["unimodal", "fusion"])
+def test_attn_dropout_zero_makes_train_mode_attention_deterministic(stage):
+    batch = make_batch([6, 4], seed=13)
+    model = make_model(dropout=0.0, attn_dropout=0.0)
+    model.begin_stage(stage)
+    torch.testing.assert_close(_train_logits(model, batch), _train_logits(model, batch), rtol=0, atol=0)
+    noisy = make_model(dropout=0.0, attn_dropout=0.5)
+    noisy.begin_stage(stage)
+    torch.manual_seed(1)
+    a = _train_logits(noisy, batch)
+    b = _train_logits(noisy, batch)
+    assert not torch.allclose(a[batch.valid], b[batch.valid])
+    # and in eval mode attention dropout is off: the two models agree
+    noisy.load_state_dict(model.state_dict())
+    torch.testing.assert_close(_eval_logits(noisy, batch), _eval_logits(model, batch), rtol=0, atol=0)
+
+
+def _pg_block_params(d: int, h: int, p: int) -> int:
+    """FFN_1, FFN_2: d -> h -> h; MLP_p: h -> h -> p (Departures 12)."""
+    ffn = d * h + h + h * h + h
+    return 2 * ffn + (h * h + h) + (h * p + p)
+
+
+def test_pg_ffn_width_sets_the_parameter_count():
+    d, p, blocks = TINY["hidden"], TINY["prompt_dim"], TINY["num_blocks"]
+    official = make_model()  # pg_ffn_hidden = 0 -> p
+    wide = make_model(pg_ffn_hidden=d)  # the earlier d -> d -> d FFNs
+    assert official.export_config()["pg_ffn_hidden"] == p  # recorded explicitly for bundles
+    pg = official.pg["audio"][0]
+    assert pg.ffn1[0].weight.shape == (p, d) and pg.ffn1[-1].weight.shape == (p, p)
+    assert pg.ffn2[0].weight.shape == (p, d) and pg.mlp_p[-1].weight.shape == (p, p)
+    wpg = wide.pg["audio"][0]
+    assert wpg.ffn1[-1].weight.shape == (d, d) and wpg.mlp_p[0].weight.shape == (d, d)
+    for model, h in ((official, p), (wide, d)):
+        assert sum(q.numel() for q in model.pg.parameters()) == 3 * blocks * _pg_block_params(d, h, p)
+    n_off = sum(q.numel() for q in official.parameters())
+    n_wide = sum(q.numel() for q in wide.parameters())
+    assert n_wide - n_off == 3 * blocks * (_pg_block_params(d, d, p) - _pg_block_params(d, p, p))
+
+
+def test_pg_ffn_width_parameter_counts_as_documented():
+    """The counts in Departures 12: default config, IEMOCAP community dims, 4 classes, n = 110."""
+    dims = {"audio": 512, "text": 1024, "video": 1024}
+    task = TaskSpec(TaskKind.CLASSIFICATION, ("hap", "sad", "neu", "ang"))
+    counts = {}
+    for h in (0, 256):
+        model = build_method("comp", dims, task, {"pg_ffn_hidden": h}, {"max_dialogue_len": 110})
+        counts[h] = (sum(q.numel() for q in model.parameters()), sum(q.numel() for q in model.pg.parameters()))
+        del model
+    assert counts[256] == (8_180_191, 1_998_432)
+    assert counts[0] == (6_237_631, 55_872)
+
+
+def _classifier_input(model, batch):
+    got = {}
+    hook = model.classifier.register_forward_pre_hook(lambda mod, args: got.__setitem__("F", args[0].detach().clone()))
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(batch)
+    finally:
+        hook.remove()
+    return got["F"], out.aux
+
+
+@pytest.mark.parametrize("use_kp", [True, False], ids=["kp", "no-kp"])
+def test_cr_scale_modalities_is_omega_times_k(use_kp):
+    """weights = omega * k exactly, k = modalities weighed (3 with KP; present ones without)."""
+    batch = make_batch([6, 4, 5], missing=0.4, seed=14)
+    model = make_model(use_kp=use_kp, cr_scale="modalities")
+    fused, aux = _classifier_input(model, batch)
+    omega, w = aux["omega"], aux["fusion_weights"]
+    present = (batch.present & batch.valid[..., None]).float()
+    k = torch.full_like(present[..., :1], 3.0) if use_kp else present.sum(-1, keepdim=True)
+    torch.testing.assert_close(w, omega * k, rtol=0, atol=0)
+    valid = batch.valid
+    torch.testing.assert_close(w.sum(-1)[valid], k.squeeze(-1)[valid])  # mean weight 1: the Cr-off scale
+    paper = make_model(use_kp=use_kp)  # same seed: same weights, cr_scale="paper"
+    fused_p, aux_p = _classifier_input(paper, batch)
+    torch.testing.assert_close(aux_p["fusion_weights"], aux_p["omega"], rtol=0, atol=0)
+    torch.testing.assert_close(aux_p["omega"], omega, rtol=0, atol=0)
+    blocks = (*fused.shape[:-1], 3, -1)  # F = [w^a Z-bar^a, w^t Z-bar^t, w^v Z-bar^v]
+    torch.testing.assert_close(fused.view(blocks)[valid], (fused_p.view(blocks) * k[..., None])[valid])
+
+
+@pytest.mark.parametrize("use_kp", [True, False], ids=["kp", "no-kp"])
+def test_cr_scale_modalities_matches_cr_off_with_uniform_omega(use_kp):
+    """With a uniform coordinator, "modalities" feeds the classifier exactly the Cr-off input
+    (KP off: absent modalities are zero either way), "paper" about 1/3 of it."""
+    batch = make_batch([6, 4, 5], missing=0.4, seed=15)
+    off = make_model(use_kp=use_kp, use_cr=False)
+    ref, _ = _classifier_input(off, batch)
+    for scale in ("modalities", "paper"):
+        model = make_model(use_kp=use_kp, cr_scale=scale)
+        model.load_state_dict(off.state_dict())
+        with torch.no_grad():
+            model.coordinator[-1].weight.zero_()
+            model.coordinator[-1].bias.zero_()
+        fused, aux = _classifier_input(model, batch)
+        valid = batch.valid
+        if scale == "modalities":
+            torch.testing.assert_close(fused[valid], ref[valid], rtol=1e-6, atol=1e-7)
+        else:
+            k = 3.0 if use_kp else (batch.present & valid[..., None]).sum(-1, keepdim=True).float()
+            torch.testing.assert_close(fused[valid], (ref / k)[valid])
+
+
+@pytest.mark.parametrize(
+    "use_kp,cr_mask,masked",
+    [(False, "without_kp", True), (True, "without_kp", False), (True, "always", True), (False, "never", False), (True, "never", False)],
+)
+def test_coordinator_masks_absent_modalities(use_kp, cr_mask, masked):
+    """Departures 13: masked -> absent modalities get exactly zero weight and the softmax runs
+    over the present ones (weights sum to 1); unmasked -> eq. 13 over all three."""
+    assert CompConfig().cr_mask == "without_kp" and CompConfig().cr_scale == "paper"
+    batch = make_batch([6, 4, 5], missing=0.4, seed=16)
+    model = make_model(use_kp=use_kp, cr_mask=cr_mask)
+    _, aux = _classifier_input(model, batch)
+    omega = aux["omega"]
+    valid = batch.valid
+    absent = ~batch.present & valid[..., None]
+    assert absent.any() and (batch.present & valid[..., None]).any()
+    torch.testing.assert_close(omega.sum(-1)[valid], torch.ones_like(omega[..., 0])[valid])
+    if masked:
+        assert (omega[absent] == 0).all()
+        assert (omega[batch.present & valid[..., None]] > 0).all()
+        assert (omega[~valid] == 0).all()  # padding: no modality, no weight, no NaN
+        # an absent modality's coordinator score cannot matter: change it, weights stay put
+        with torch.no_grad():
+            model.coordinator[-1].bias[0] += 50.0  # audio's score
+        _, aux2 = _classifier_input(model, batch)
+        only_absent_audio = valid & ~batch.present[..., 0]
+        torch.testing.assert_close(aux2["omega"][only_absent_audio], omega[only_absent_audio], rtol=0, atol=0)
+    else:
+        assert (omega[absent] > 0).all()
+
+
+def test_masked_scaled_coordinator_step_makes_no_host_sync():
+    """The masking/scaling path of Departures 13 stays sync-free (cf. test_trainer_hooks)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync_ops = {"aten::nonzero", "aten::item", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::masked_select"}
+    batch = make_batch([6, 4, 5], missing=0.4, seed=17)
+    for options in ({"use_kp": False, "cr_scale": "modalities"}, {"cr_mask": "always", "cr_scale": "modalities"}):
+        model = make_model(**options)
+        model.train()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            out = model(batch)
+            model.loss(out, batch)["total"].backward()
+        ops = {e.key for e in prof.key_averages()}
+        assert not ops & sync_ops, (options, sorted(ops & sync_ops))
+
+
+def test_cr_options_in_bf16_autocast_are_finite():
+    batch = make_batch([6, 2, 4], missing=0.5, seed=18)
+    for options in ({"use_kp": False, "cr_scale": "modalities"}, {"cr_mask": "always", "cr_scale": "modalities"}):
+        model = make_model(**options)
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(batch)
+            loss = model.loss(out, batch)["total"]
+        loss.backward()
+        assert torch.isfinite(loss)
+        assert torch.isfinite(out.aux["fusion_weights"].float()).all()
+        absent = ~batch.present & batch.valid[..., None]
+        assert (out.aux["fusion_weights"][absent] == 0).all()
 
 
 # ---------------------------------------------------------------------- learns
