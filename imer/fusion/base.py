@@ -142,6 +142,16 @@ class FusionMethod(nn.Module):
         return [{"params": [p for p in self.parameters() if p.requires_grad], "weight_decay": weight_decay}]
 
     @classmethod
+    def upgrade_config(cls, saved: dict) -> dict:
+        """A method config saved by an earlier imer, with the options added since filled in with
+        the behaviour that bundle was trained with (a new default must not change an old model).
+
+        Methods override this when they add an option whose default differs from the old
+        behaviour; the default changes nothing.
+        """
+        return dict(saved)
+
+    @classmethod
     def resolve_config(cls, config: Any, data_info: dict) -> Any:
         """Fill data-dependent defaults (e.g. ComP's padded dialogue length) before building.
 

@@ -195,7 +195,10 @@ def load_bundle(path: str | Path, device: Any = "cpu") -> LoadedBundle:
     path = Path(path)
     spec = read_bundle_spec(path)
     try:
-        method = build_method(spec.method, spec.dims, spec.task, spec.method_config)
+        from imer.fusion.base import METHODS
+
+        options = METHODS.get(spec.method).upgrade_config(spec.method_config)
+        method = build_method(spec.method, spec.dims, spec.task, options)
         state = load_file(str(path / "model.safetensors"), device="cpu")
     except (KeyError, OSError, ValueError, TypeError, SafetensorError) as e:
         raise IncompatibleBundle(f"{path}: incomplete or damaged bundle ({type(e).__name__}: {e}); train it again") from None

@@ -83,9 +83,9 @@ Departures (paper vs. here, and where the official code differs):
    so its validation prediction is the mean of the present modalities' unimodal heads.
 10. **Hyper-parameters** are not in the paper. Model defaults are the official CMU-MOSI command:
     hidden 256, 2 blocks x 2 attention layers, 2 heads, dropout 0.5, attention dropout 0.0,
-    lambda 0.3, c = 10, p = 16, Adam lr 1e-4, L2 1e-5, 32 dialogues per batch. Its 150 + 150 epochs without early
-    stopping is ``imer train --epochs 300 --patience 0``; imer's default is 100 epochs split
-    50/50 with early stopping (patience 30) on the validation split.
+    lambda 0.3, c = 10, p = 16, Adam lr 1e-4, L2 1e-5, 32 dialogues per batch. Its 150 + 150
+    epochs without early stopping is ``imer train --epochs 300 --patience 0``; imer's default is
+    100 epochs split 50/50 with early stopping (patience 30) on the validation split.
 11. **Attention-probability dropout** (``attn_dropout``, default 0.0: the official command's
     ``--attn_drop_rate=0.0``; the paper names no dropout at all). imer used to pass the model's
     ``dropout`` (0.5) to the softmax probabilities of every KP attention layer as well, which was
@@ -153,7 +153,9 @@ class CompConfig:
     heads: int = 2
     dropout: float = 0.5
     attn_dropout: float = 0.0  # on KP attention probabilities; official --attn_drop_rate, Departures 11
-    pg_ffn_hidden: int = 0  # h of eq. 8: FFN_1/2 d->h->h, MLP_p h->h->p; 0 = prompt_dim (official); hidden = old d-wide
+    # h of eq. 8 (Departures 12): FFN_1/2 d->h->h, MLP_p h->h->p; 0 = prompt_dim (official width),
+    # pg_ffn_hidden = hidden gives the earlier d-wide layers
+    pg_ffn_hidden: int = 0
     momentum: float = 0.3  # lambda of eq. 9; official command
     max_len: int = 0  # n of eq. 6: padded dialogue length; 0 = longest training dialogue
     encoder_layers: int = 2
@@ -296,6 +298,16 @@ class Comp(FusionMethod):
     default_batch_mode = "dialogue"
 
     @classmethod
+    def upgrade_config(cls, saved: dict) -> dict:
+        """Bundles saved before Departures 11-13 were trained with attention dropout = dropout,
+        eq. 8's layers at width d and an unmasked coordinator: keep those for them."""
+        out = dict(saved)
+        out.setdefault("attn_dropout", saved.get("dropout", 0.5))
+        out.setdefault("pg_ffn_hidden", saved.get("hidden", 256))
+        out.setdefault("cr_mask", "never")
+        return out
+
+    @classmethod
     def resolve_config(cls, config: CompConfig, data_info: dict) -> CompConfig:
         if config.max_len <= 0:
             if data_info.get("batch_mode", cls.default_batch_mode) == "utterance":
@@ -342,7 +354,9 @@ class Comp(FusionMethod):
         self.proto = nn.ModuleDict({m: PrototypeLayer(config.max_len, c, drop) for m in mods})
         self.pg = nn.ModuleDict(
             {
-                m: nn.ModuleList(PromptGenerationBlock(d, p, drop, config.pg_ffn_hidden) for _ in range(config.num_blocks))
+                m: nn.ModuleList(
+                    PromptGenerationBlock(d, p, drop, config.pg_ffn_hidden) for _ in range(config.num_blocks)
+                )
                 for m in mods
             }
         )
@@ -420,7 +434,7 @@ class Comp(FusionMethod):
         Sync-free: masks and sums only (Departures 13).
         """
         cfg = self.config
-        masked = False and (cfg.cr_mask == "without_kp" and not cfg.use_kp)
+        masked = cfg.cr_mask == "always" or (cfg.cr_mask == "without_kp" and not cfg.use_kp)
         if masked:  # as MaskedSelfAttention masks keys: absent modalities get exactly 0
             scores = scores.masked_fill(~present, torch.finfo(scores.dtype).min)
             omega = torch.softmax(scores, dim=-1) * present.to(scores.dtype)  # padding rows: all 0

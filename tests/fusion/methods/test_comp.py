@@ -807,7 +807,13 @@ def test_cr_scale_modalities_matches_cr_off_with_uniform_omega(use_kp):
 
 @pytest.mark.parametrize(
     "use_kp,cr_mask,masked",
-    [(False, "without_kp", True), (True, "without_kp", False), (True, "always", True), (False, "never", False), (True, "never", False)],
+    [
+        (False, "without_kp", True),
+        (True, "without_kp", False),
+        (True, "always", True),
+        (False, "never", False),
+        (True, "never", False),
+    ],
 )
 def test_coordinator_masks_absent_modalities(use_kp, cr_mask, masked):
     """Departures 13: masked -> absent modalities get exactly zero weight and the softmax runs
@@ -887,3 +893,32 @@ def test_short_training_run_beats_chance():
     only_text[:, 1] = True
     assert evaluate(model, test, only_text, "dialogue", 8)["WA"] > 0.4
     assert math.isfinite(result.seconds)
+
+
+def test_a_bundle_saved_before_the_new_options_keeps_its_behaviour(tmp_path):
+    """Bundles from before attn_dropout / pg_ffn_hidden / cr_mask existed were trained with
+    attention dropout = dropout, eq. 8 at width d and an unmasked coordinator: they load with
+    exactly those (a new default must not change, or refuse, an old model)."""
+    import json
+
+    from imer.fusion.bundle import bundle_spec, load_bundle, save_bundle
+
+    dims = {"audio": 5, "text": 7, "video": 3}
+    task = TaskSpec(TaskKind.CLASSIFICATION, ("a", "b", "c", "d"))
+    old = {"hidden": 32, "heads": 2, "dropout": 0.3, "use_kp": False}
+    torch.manual_seed(0)
+    m = build_method("comp", dims, task, {**old, "attn_dropout": 0.3, "pg_ffn_hidden": 32, "cr_mask": "never"}, {"max_dialogue_len": 4})
+    norm = Normalizer({k: np.zeros(d, np.float32) for k, d in dims.items()}, {k: np.ones(d, np.float32) for k, d in dims.items()})
+    save_bundle(tmp_path, m, norm, bundle_spec(m, {}))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for k in ("attn_dropout", "pg_ffn_hidden", "cr_mask", "cr_scale"):
+        cfg["method_config"].pop(k)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    loaded = load_bundle(tmp_path).method
+    assert (loaded.config.attn_dropout, loaded.config.pg_ffn_hidden, loaded.config.cr_mask) == (0.3, 32, "never")
+    g = torch.Generator().manual_seed(1)
+    present = torch.rand(2, 4, 3, generator=g) > 0.4
+    batch = Batch(feats={k: torch.randn(2, 4, d, generator=g) for k, d in dims.items()}, present=present,
+                  valid=torch.ones(2, 4, dtype=torch.bool), y=torch.zeros(2, 4, dtype=torch.long), index=torch.zeros(2, 4, dtype=torch.long))
+    m.eval()
+    torch.testing.assert_close(loaded(batch).logits, m(batch).logits)
