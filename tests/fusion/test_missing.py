@@ -211,3 +211,38 @@ def test_schedule_with_condition_and_available():
     s2 = MaskSchedule(MissingProtocol(missing_rate=0.7), seed=0, available=avail)
     m = s2.eval_mask(50)
     assert m[:10, 1].all() and (m.sum(1) == 1).all()
+
+
+# ---------------------------------------------------------------------- mixed rates (training default)
+def test_mixed_protocol_deals_rows_to_every_rate():
+    from imer.fusion.missing import MISSING_RATES, MaskSchedule, MissingProtocol, mixed_missing_mask
+
+    n = 16_000
+    mask = mixed_missing_mask(n, MISSING_RATES, np.random.default_rng(0))
+    assert mask.shape == (n, 3) and mask.any(1).all()  # every utterance keeps a modality
+    # GCNet's MR 0.7 achieves 2/3: the mixture's achieved rate is the mean of the achieved rates.
+    expected = (sum(MISSING_RATES[:-1]) + 2 / 3) / len(MISSING_RATES)
+    assert abs((1 - mask.mean()) - expected) < 0.01
+    complete = mask.all(1).mean()
+    assert 0.2 < complete < 0.5  # the MR 0.0 share plus the low rates' complete rows
+    assert (mask.sum(1) == 1).mean() > 1 / len(MISSING_RATES)  # the MR 0.7 share keeps one each
+    proto = MissingProtocol(mixture=MISSING_RATES)
+    assert proto.name == "mixed0.0-0.7"
+    sched = MaskSchedule(proto, seed=3)
+    np.testing.assert_array_equal(sched.eval_mask(500), sched.eval_mask(500))  # fixed for selection
+    assert not np.array_equal(sched.train_mask(500, 0), sched.train_mask(500, 1))  # redrawn per epoch
+    avail = np.ones((500, 3), bool)
+    avail[:, 2] = False  # no video anywhere: the kept modality is drawn among the others
+    assert mixed_missing_mask(500, MISSING_RATES, np.random.default_rng(1), avail)[:, :2].any(1).all()
+
+
+def test_mixed_protocol_is_the_training_default_and_flags_override_it():
+    from imer.fusion.train_config import TrainConfig
+
+    assert TrainConfig().protocol().mixture is not None
+    assert TrainConfig(missing_rate=0.3).protocol().name == "mr0.3"
+    assert TrainConfig(condition="at").protocol().name == "cond-at"
+    with pytest.raises(BadInput, match="exactly one"):
+        from imer.fusion.missing import MissingProtocol
+
+        MissingProtocol(missing_rate=0.1, mixture=(0.0,))
