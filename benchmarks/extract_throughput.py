@@ -45,6 +45,15 @@ _CLIPS = Path("data") / "av-clips" / "ravdess-actor01"
 _CANDIDATES = [ROOT.parent / "shared" / _CLIPS, ROOT / "shared" / _CLIPS]
 DATA = next((p for p in _CANDIDATES if (p / "manifest.csv").is_file()), _CANDIDATES[0])
 
+
+def set_data_dir(path: str | Path) -> None:
+    """Benchmark another clip folder (a ``manifest.csv`` in the layout of ravdess-actor01), e.g. the
+    subset that ``make_gpu_payload.py`` carries to a GPU machine (``--clips``)."""
+    global DATA, _CANDIDATES
+    DATA = Path(path).resolve()
+    _CANDIDATES = [DATA]
+
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: every model here is local
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 warnings.filterwarnings("ignore")
@@ -125,12 +134,14 @@ def load_utterances() -> list:
 
 
 # ----------------------------------------------------------------------------- random paper stack
-def build_paper_models(root: str | Path, verbose: bool = True) -> dict[str, dict]:
+def build_paper_models(root: str | Path, verbose: bool = True, scale: str = "real") -> dict[str, dict]:
     """Random-init wav2vec2-large, deberta-large and MA-Net in ``root``: backend name -> options.
 
     Architectures match the real checkpoints (facebook/wav2vec2-large-960h-lv60-self,
     microsoft/deberta-large, the MA-Net RAF-DB checkpoint); weights are random (seed 0). A folder
-    already holding them (marker file) is reused.
+    already holding them (marker file) is reused. ``scale="tiny"`` (CPU dry runs of the GPU
+    script) shrinks wav2vec2 and DeBERTa to 4 layers of width 32 (same code paths, toy cost);
+    MA-Net keeps its one fixed architecture.
     """
     import torch
     import transformers
@@ -144,10 +155,13 @@ def build_paper_models(root: str | Path, verbose: bool = True) -> dict[str, dict
         "manet": {"checkpoint": str(root / "manet-random.safetensors")},
     }
     marker = root / "BUILT"
-    if marker.is_file():
+    if marker.is_file() and json.loads(marker.read_text() or "{}").get("scale", "real") == scale:
         if verbose:
             print(f"  reusing random-init models in {root}")
         return opts
+    tiny = scale == "tiny"
+    if scale not in ("real", "tiny"):
+        raise ValueError(f"paper model scale {scale!r}: use 'real' or 'tiny'")
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     t0 = time.perf_counter()
@@ -166,6 +180,12 @@ def build_paper_models(root: str | Path, verbose: bool = True) -> dict[str, dict
         num_conv_pos_embedding_groups=16,
         vocab_size=32,
     )
+    if tiny:
+        w_cfg = transformers.Wav2Vec2Config(
+            hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, conv_dim=(32,) * 7,
+            feat_extract_norm="layer", feat_extract_activation="gelu", do_stable_layer_norm=True, conv_bias=True,
+            num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, vocab_size=32,
+        )
     w = transformers.Wav2Vec2Model(w_cfg)
     w.save_pretrained(opts["wav2vec2"]["model"])
     transformers.Wav2Vec2FeatureExtractor(
@@ -188,6 +208,12 @@ def build_paper_models(root: str | Path, verbose: bool = True) -> dict[str, dict
         type_vocab_size=0,
         layer_norm_eps=1e-7,
     )
+    if tiny:
+        d_cfg = transformers.DebertaConfig(
+            vocab_size=50265, hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=512, relative_attention=True, pos_att_type=["c2p", "p2c"], max_relative_positions=-1,
+            position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7,
+        )
     d = transformers.DebertaModel(d_cfg)
     d.save_pretrained(opts["deberta"]["model"])
     n_d = sum(p.numel() for p in d.parameters())
@@ -203,10 +229,10 @@ def build_paper_models(root: str | Path, verbose: bool = True) -> dict[str, dict
     m = MANet(num_classes=7)
     save_file({k: v.contiguous() for k, v in m.state_dict().items()}, opts["manet"]["checkpoint"])
     n_m = sum(p.numel() for p in m.parameters())
-    marker.write_text(json.dumps({"params": {"wav2vec2": n_w, "deberta": n_d, "manet": n_m}}))
+    marker.write_text(json.dumps({"params": {"wav2vec2": n_w, "deberta": n_d, "manet": n_m}, "scale": scale}))
     if verbose:
         print(
-            f"  built random-init models in {time.perf_counter() - t0:.1f} s (load {load1()}): "
+            f"  built {'TINY ' if tiny else ''}random-init models in {time.perf_counter() - t0:.1f} s (load {load1()}): "
             f"wav2vec2-large {n_w / 1e6:.0f}M, deberta-large {n_d / 1e6:.0f}M, MA-Net {n_m / 1e6:.1f}M params -> {root}"
         )
     return opts
@@ -402,11 +428,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-extract", action="store_true", help="skip (c), the whole extract_features runs")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default, one per core)")
     ap.add_argument("--json-out", default=None, help="write every figure to this JSON file")
+    ap.add_argument("--clips", default=None, help="clip folder with a manifest.csv (default: ../shared/data/av-clips/ravdess-actor01)")
+    ap.add_argument("--paper-scale", default="real", choices=["real", "tiny"],
+                    help="tiny: 4-layer width-32 wav2vec2/DeBERTa (CPU dry runs only; real sizes are the benchmark)")
     args = ap.parse_args(argv)
     if args.threads > 0:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.clips:
+        set_data_dir(args.clips)
 
     from imer.devices import resolve_device
     from imer.extractors.run import ExtractConfig
@@ -450,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = tempfile.TemporaryDirectory(prefix="imer-paper-models-") if args.models_dir is None else None
         root = Path(ctx.name) if ctx else Path(args.models_dir)
         try:
-            opts = build_paper_models(root)
+            opts = build_paper_models(root, scale=args.paper_scale)
             pr = [
                 bench_backend("wav2vec2", opts["wav2vec2"], inputs["audio"][:n], durations, device, batch_size,
                               label="wav2vec2-large (random init)", note="mean of last 4 layers"),
@@ -465,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         print_table(f"(b') paper stack on {n} utterances ({PAPER_BANNER})", pr)
         result["paper_rows"] = pr
         result["paper_note"] = PAPER_BANNER
+        result["paper_scale"] = args.paper_scale
 
     if not args.skip_extract:
         ef = bench_extract_features(utts, decode, device, durations, batch_size)

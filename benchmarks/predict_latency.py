@@ -203,12 +203,12 @@ def warm_latency(predictor: Any, clips: list[Path], folder: Path, disable: tuple
 
 
 def measure_bundle(name: str, model: Path, clips: list[Path], folder: Path, device: str, cold_runs: int,
-                   threads: int, durations: float) -> dict:
+                   threads: int, durations: float, cold_modes: int | None = None) -> dict:
     from imer.predict import Predictor
 
     out: dict[str, Any] = {"bundle": name, "model": str(model), "cold": {}, "warm": {}}
     # cold starts first, while nothing of this bundle is loaded in this process
-    for mode, disable in MODES.items():
+    for mode, disable in list(MODES.items())[:cold_modes]:
         runs = [cold_start(model, clips[0], device, disable, threads) for _ in range(cold_runs)]
         out["cold"][mode] = runs
     sync(device)
@@ -267,7 +267,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="also a bundle on random-init wav2vec2-large/deberta-large/MA-Net (for the GPU run; slow on CPU)")
     ap.add_argument("--models-dir", default=None, help="keep/reuse the random-init models here (default: a temp dir)")
     ap.add_argument("--json-out", default=None, help="write every figure to this JSON file")
+    ap.add_argument("--cold-modes", type=int, default=None,
+                    help="cold-start only the first N modes (default: all 3; the GPU script uses 1 when short of time)")
+    ap.add_argument("--clips", default=None, help="clip folder with a manifest.csv (default: ../shared/data/av-clips/ravdess-actor01)")
+    ap.add_argument("--paper-scale", default="real", choices=["real", "tiny"],
+                    help="tiny: 4-layer width-32 wav2vec2/DeBERTa (CPU dry runs only)")
     args = ap.parse_args(argv)
+    if args.clips:
+        import extract_throughput
+
+        extract_throughput.set_data_dir(args.clips)
 
     import torch
 
@@ -300,14 +309,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.paper_stack:
             print(f"\n  paper stack: {PAPER_BANNER}")
             ctx = tempfile.TemporaryDirectory(prefix="imer-paper-models-") if args.models_dir is None else None
-            opts = build_paper_models(Path(ctx.name) if ctx else Path(args.models_dir))
+            opts = build_paper_models(Path(ctx.name) if ctx else Path(args.models_dir), scale=args.paper_scale)
+            result["paper_scale"] = args.paper_scale
             backends = {Modality.AUDIO: "wav2vec2", Modality.TEXT: "deberta", Modality.VIDEO: "manet"}
             model = tmp / "model-paper"
             result["train_paper"] = train_bundle(utts, model, device, args.epochs, backends, opts, label="paper")
             bundles.append((f"paper stack (wav2vec2-large + deberta-large + MA-Net), concat; {PAPER_BANNER}", model))
         try:
             for name, model in bundles:
-                r = measure_bundle(name, model, clips, folder, device, args.cold_runs, args.threads, total)
+                r = measure_bundle(name, model, clips, folder, device, args.cold_runs, args.threads, total, args.cold_modes)
                 print_bundle(r)
                 result["bundles"].append(r)
         finally:

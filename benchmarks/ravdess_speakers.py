@@ -317,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)  # numpy / sklearn BLAS too (the LR baseline)
     from imer.devices import resolve_device
     from imer.fusion.train_config import TrainConfig
 

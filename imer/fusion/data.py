@@ -135,7 +135,9 @@ class TensorData:
         """Move a bool ``[N, 3]`` protocol mask to the device once, with the padding row appended."""
         import torch
 
-        pm = torch.as_tensor(protocol_mask, dtype=torch.bool).to(self.device)
+        pm = torch.as_tensor(protocol_mask, dtype=torch.bool)
+        # Once per pass; pinned and asynchronous on CUDA, so it does not wait for queued work.
+        pm = pm.pin_memory().to(self.device, non_blocking=True) if self.device.type == "cuda" and pm.device.type == "cpu" else pm.to(self.device)
         if pm.shape != (self.n, 3):
             raise BadInput(f"protocol mask has shape {tuple(pm.shape)}; expected [{self.n}, 3]")
         return torch.cat([pm, torch.zeros(1, 3, dtype=torch.bool, device=self.device)])

@@ -37,6 +37,7 @@ class TrainConfig:
     min_stage_epochs: int = 1
     bucket: bool = True  # dialogue batches of similar length (less padding); False = fully random batches
     compile: bool = False  # torch.compile the method (CUDA: fewer kernel launches per step)
+    compile_backend: str = "inductor"  # torch.compile backend ("eager" checks the path without compiling)
 
     def protocol(self) -> MissingProtocol:
         if self.condition is not None:

@@ -86,7 +86,7 @@ def stage_epochs(method: FusionMethod, cfg: TrainConfig) -> list[int]:
     return [int(e) for e in out]
 
 
-def _stage_protocol(method: FusionMethod, stage: str, cfg: TrainConfig) -> MissingProtocol | None:
+def stage_protocol(method: FusionMethod, stage: str, cfg: TrainConfig) -> MissingProtocol | None:
     """The protocol a stage trains and selects under; None = complete (really present) data."""
     policy = method.mask_policy(stage)
     if policy == "complete":
@@ -94,6 +94,40 @@ def _stage_protocol(method: FusionMethod, stage: str, cfg: TrainConfig) -> Missi
     if policy == "protocol":
         return cfg.protocol()
     return MissingProtocol(condition=policy)
+
+
+def epoch_mask(
+    method: FusionMethod, stage: str, epoch: int, global_epoch: int, train_fs: FeatureSet,
+    schedule: MaskSchedule | None, cfg: TrainConfig,
+) -> torch.Tensor | None:
+    """This epoch's training mask: the method's own, else the stage protocol's, else None (complete)."""
+    rng = np.random.default_rng([cfg.seed, 104729, global_epoch, 1])
+    own = method.draw_train_mask(stage, epoch, train_fs.present, rng)
+    if own is not None:
+        own = np.asarray(own, dtype=bool)
+        if own.shape != (len(train_fs), 3):
+            raise BadInput(f"{method.registry_name}.draw_train_mask gave shape {own.shape}; expected [{len(train_fs)}, 3]")
+        return torch.from_numpy(own)
+    if schedule is not None:
+        return torch.from_numpy(schedule.train_mask(len(train_fs), global_epoch))
+    return None
+
+
+def training_step(
+    method: FusionMethod, step_model, batch, opt: torch.optim.Optimizer, scaler, autocast_ctx, params: list, cfg: TrainConfig,
+) -> dict[str, torch.Tensor]:
+    """One optimiser step on ``batch``; returns the loss terms (on the device, not synced)."""
+    with autocast_ctx:
+        out = step_model(batch)
+        losses = method.loss(out, batch)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(losses["total"]).backward()
+    if cfg.grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
+    scaler.step(opt)
+    scaler.update()
+    return losses
 
 
 def combination_feedback(method: FusionMethod, data: TensorData, mode: str, bs: int, amp: bool) -> dict[str, dict[str, float]]:
@@ -135,7 +169,7 @@ def fit(
     mode = cfg.batch_mode or method.default_batch_mode
     bs = cfg.batch_size or default_batch_size(mode)
     method.to(device)
-    step_model = torch.compile(method, dynamic=True) if cfg.compile else method
+    step_model = torch.compile(method, dynamic=True, backend=cfg.compile_backend) if cfg.compile else method
     autocast_ctx, amp_dtype = autocast(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     key = primary_metric(method.task)
@@ -145,7 +179,7 @@ def fit(
     global_epoch = 0
     for stage, n_epochs in zip(method.stages, budget):
         method.begin_stage(stage)
-        protocol = _stage_protocol(method, stage, cfg)
+        protocol = stage_protocol(method, stage, cfg)
         schedule = None if protocol is None else MaskSchedule(protocol, cfg.seed, train_fs.present)
         sel_mask = None if protocol is None else MaskSchedule(protocol, cfg.seed, sel_fs.present).eval_mask(len(sel_fs))
         groups = [g for g in method.param_groups(cfg.weight_decay) if g["params"]]
@@ -159,32 +193,13 @@ def fit(
         report(progress, f"stage {stage}", 0, int(n_epochs))
         for epoch in range(int(n_epochs)):
             method.train()
-            rng = np.random.default_rng([cfg.seed, 104729, global_epoch, 1])
-            own = method.draw_train_mask(stage, epoch, train_fs.present, rng)
-            if own is not None:
-                own = np.asarray(own, dtype=bool)
-                if own.shape != (train.n, 3):
-                    raise BadInput(f"{method.registry_name}.draw_train_mask gave shape {own.shape}; expected [{train.n}, 3]")
-                mask = torch.from_numpy(own)
-            elif schedule is not None:
-                mask = torch.from_numpy(schedule.train_mask(train.n, global_epoch))
-            else:
-                mask = None  # complete data: every really present stream
+            t_epoch = time.perf_counter()
+            mask = epoch_mask(method, stage, epoch, global_epoch, train_fs, schedule, cfg)
             gen = torch.Generator().manual_seed(cfg.seed * 100_003 + global_epoch)
             sums: dict[str, torch.Tensor] = {}
             nb = 0
             for batch in train.iterate(mode, bs, shuffle=True, generator=gen, protocol_mask=mask, bucket=cfg.bucket):
-                with autocast_ctx:
-                    out = step_model(batch)
-                    losses = method.loss(out, batch)
-                total = losses["total"]
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                if cfg.grad_clip:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip, foreach=True)
-                scaler.step(opt)
-                scaler.update()
+                losses = training_step(method, step_model, batch, opt, scaler, autocast_ctx, params, cfg)
                 for k, v in losses.items():  # stays on the device: no sync per batch
                     sums[k] = sums.get(k, 0.0) + v.detach().float()
                 nb += 1
@@ -212,6 +227,7 @@ def fit(
                 "loss": {k: float(v) / max(nb, 1) for k, v in sums.items()},
                 sel_name: metrics,
                 "improved": improved,
+                "seconds": round(time.perf_counter() - t_epoch, 4),  # training + selection of this epoch
             }
             result.history.append(record)
             global_epoch += 1
