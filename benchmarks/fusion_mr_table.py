@@ -40,7 +40,7 @@ def run_one(method: str, fs, train_rate: float | None, args) -> dict:
     base = TrainConfig()
     cfg = TrainConfig(
         epochs=args.epochs or base.epochs,
-        lr=args.lr or base.lr,
+        lr=args.lr,  # None: the method's declared rate
         batch_size=args.batch_size,
         batch_mode=args.batch_mode,
         patience=base.patience if args.patience is None else (args.patience or None),
@@ -59,7 +59,7 @@ def run_one(method: str, fs, train_rate: float | None, args) -> dict:
     total = time.perf_counter() - t0
     return {
         **res.summary(),
-        "train_config": {"epochs": cfg.epochs, "lr": cfg.lr, "patience": cfg.patience, "protocol": cfg.protocol().name},
+        "train_config": {"epochs": cfg.epochs, "lr": res.train.lr, "patience": cfg.patience, "protocol": cfg.protocol().name},
         "train_missing_rate": train_rate,
         "eval_seconds": round(total - res.train.seconds, 2),
         "rows": res.rows,

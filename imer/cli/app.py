@@ -113,7 +113,20 @@ def methods(as_json: JsonOpt = False) -> None:
     """List the registered fusion methods."""
     from imer.fusion.base import METHODS
 
-    rows = [{"name": n, "description": METHODS.get(n).description, "stages": list(METHODS.get(n).stages)} for n in METHODS.names()]
+    from imer.fusion.train_config import DEFAULT_LR
+
+    def declared(cls) -> dict:
+        from imer.fusion.base import OptimizerSpec
+
+        spec = getattr(cls.config_class(), "optimizer", None)
+        spec = spec if isinstance(spec, OptimizerSpec) else cls.default_optimizer
+        return {"name": spec.name, "lr": spec.lr if spec.lr is not None else DEFAULT_LR}
+
+    rows = [
+        {"name": n, "description": METHODS.get(n).description, "stages": list(METHODS.get(n).stages),
+         "batch_mode": METHODS.get(n).default_batch_mode, "optimizer": declared(METHODS.get(n))}
+        for n in METHODS.names()
+    ]
     if as_json:
         from imer.cli.render import print_json
 
@@ -126,9 +139,10 @@ def methods(as_json: JsonOpt = False) -> None:
     t = Table(title="fusion methods")
     t.add_column("name")
     t.add_column("stages")
+    t.add_column("default optimiser")
     t.add_column("description")
     for r in rows:
-        t.add_row(r["name"], " → ".join(r["stages"]), r["description"])
+        t.add_row(r["name"], " → ".join(r["stages"]), f"{r['optimizer']['name']} lr {r['optimizer']['lr']:g}", r["description"])
     out_console.print(t)
 
 
@@ -217,7 +231,8 @@ def train(
     missing_rate: Annotated[Optional[float], typer.Option(help="Train under GCNet random missing rate MR (0.0-0.7), masks redrawn per epoch. Default: neither this nor --condition, i.e. every utterance under a rate drawn from 0.0-0.7 (robust to any pattern at predict time).")] = None,
     condition: Annotated[Optional[str], typer.Option(help="Train under a fixed condition instead: a, t, v, at, av, tv or atv.")] = None,
     epochs: Annotated[int, typer.Option(help="Epochs over all stages (ComP splits them 50/50).")] = default(TrainConfig, "epochs"),
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = default(TrainConfig, "lr"),
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate; default: the method's (see 'imer methods'), else 1e-3.")] = default(TrainConfig, "lr"),
+    ema_half_life: Annotated[float, typer.Option(help="Select and keep an exponential moving average of the weights with this half-life in epochs (0 = off): smoother selection on noisy validation.")] = default(TrainConfig, "ema_half_life"),
     schedule: Annotated[str, typer.Option(help="Learning-rate schedule per stage: constant or cosine.")] = default(TrainConfig, "schedule"),
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model for training (CUDA: fewer kernel launches; the first epoch compiles).")] = False,
     weight_decay: Annotated[float, typer.Option(help="Adam L2 penalty.")] = default(TrainConfig, "weight_decay"),
@@ -254,6 +269,7 @@ def train(
         "batch_mode": batch_mode.value if batch_mode else None, "patience": patience or None,
         "seed": seed, "device": device, "missing_rate": missing_rate,
         "condition": condition, "selection": selection.value, "schedule": schedule, "compile": compile_, "val_by": val_by,
+        "ema_half_life": ema_half_life,
     })
     cfg.validate()
     _set_threads(threads)

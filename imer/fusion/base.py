@@ -44,6 +44,10 @@ class OptimizerSpec:
     name: Literal["adam", "adamw", "sgd"] = "adam"
     momentum: float = 0.9  # SGD only
     nesterov: bool = False  # SGD only
+    # The method's learning rate when the run gives none (TrainConfig.lr = None); None = the
+    # trainer's DEFAULT_LR. A transformer fine-tuned over two stages and a two-layer MLP do not
+    # share one best rate (see the trainer's README section on defaults).
+    lr: float | None = None
 
 
 @dataclass
@@ -68,6 +72,7 @@ class FusionMethod(nn.Module):
     # Share of the epoch budget per stage (ComP's official run: 150 + 150 epochs).
     stage_fractions: ClassVar[tuple[float, ...]] = (1.0,)
     default_batch_mode: ClassVar[str] = "utterance"
+    default_optimizer: ClassVar["OptimizerSpec"] = OptimizerSpec()
     batch_dependent: ClassVar[bool] = False  # True would opt out of the batch-invariance test
     # Training masks per stage: "protocol" (the run's: --missing-rate, --condition or the mixed
     # default), "complete" (every really present stream: MoMKE's stage 1), or a fixed condition
@@ -120,9 +125,10 @@ class FusionMethod(nn.Module):
         ``wants_combination_feedback``, else it is empty."""
 
     def optimizer_spec(self) -> "OptimizerSpec":
-        """The optimiser this method trains with: its config's ``optimizer`` field, else Adam."""
+        """The optimiser this method trains with: its config's ``optimizer`` field, else the
+        class's ``default_optimizer`` (Adam)."""
         spec = getattr(self.config, "optimizer", None)
-        return spec if isinstance(spec, OptimizerSpec) else OptimizerSpec()
+        return spec if isinstance(spec, OptimizerSpec) else self.default_optimizer
 
     # -- helpers shared by all methods ---------------------------------------
     @staticmethod

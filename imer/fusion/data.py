@@ -161,6 +161,11 @@ class TensorData:
             index=index,
         )
 
+    def batches_per_epoch(self, mode: str, batch_size: int) -> int:
+        """How many batches :meth:`iterate` yields (whole dialogues or single utterances)."""
+        units = len(self._dialogue_index_host) if mode == "dialogue" else self.n
+        return max(1, -(-units // batch_size))
+
     def iterate(
         self,
         mode: str,

@@ -46,6 +46,10 @@ def test_methods_json_lists_registered_methods():
     assert {"comp", "concat"} <= set(names)
     comp = next(r for r in rows if r["name"] == "comp")
     assert comp["stages"] == ["unimodal", "fusion"] and comp["description"]
+    # The learning rate a run gets without --lr: declared by the method, else the trainer's.
+    assert comp["optimizer"] == {"name": "adam", "lr": 3e-4} and comp["batch_mode"] == "dialogue"
+    concat = next(r for r in rows if r["name"] == "concat")
+    assert concat["optimizer"] == {"name": "adam", "lr": 1e-3}
 
 
 def test_extractors_json_lists_registered_extractors():

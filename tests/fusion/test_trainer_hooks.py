@@ -180,6 +180,62 @@ def test_a_method_can_declare_momentum_sgd():
     assert any(not torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
+def test_a_method_declares_its_learning_rate_and_the_run_overrides_it():
+    from imer.fusion.train_config import DEFAULT_LR
+    from imer.fusion.trainer import learning_rate
+
+    train, sel, name = _ready()
+
+    class Slow(Recorder):
+        default_optimizer = OptimizerSpec(lr=3e-4)
+
+    plain, slow = Recorder(TinyConfig(), train.dims, train.task), Slow(TinyConfig(), train.dims, train.task)
+    assert learning_rate(plain, TrainConfig()) == DEFAULT_LR
+    assert learning_rate(slow, TrainConfig()) == 3e-4
+    assert learning_rate(slow, TrainConfig(lr=0.05)) == 0.05  # the run's rate wins
+    own = Recorder(TinyConfig(optimizer=OptimizerSpec("sgd", lr=0.2)), train.dims, train.task)
+    assert learning_rate(own, TrainConfig()) == 0.2  # a config's own spec wins over the class default
+    opt = make_optimizer(slow, slow.param_groups(0.0), TrainConfig(), torch.device("cpu"))
+    assert opt.param_groups[0]["lr"] == 3e-4
+    res = fit(slow, train, sel, TrainConfig(epochs=2, device="cpu"), name)
+    assert res.lr == 3e-4
+
+
+def test_weight_average_is_what_selection_scores_and_keeps():
+    """With ema_half_life the kept weights are the moving average, not the last step's, and the
+    average follows the rule exactly (one lerp per step, decay from the half-life in steps)."""
+    from imer.fusion.trainer import WeightAverage
+
+    w = nn.Parameter(torch.zeros(3))
+    avg = WeightAverage([w], half_life=1.0)  # decay 0.5 a step
+    with torch.no_grad():
+        w.fill_(4.0)
+    avg.update()
+    torch.testing.assert_close(avg.average[0], torch.full((3,), 2.0))
+    avg.swap()
+    torch.testing.assert_close(w.detach(), torch.full((3,), 2.0))
+    avg.swap()
+    torch.testing.assert_close(w.detach(), torch.full((3,), 4.0))
+    frozen = nn.Parameter(torch.ones(2), requires_grad=False)
+    assert WeightAverage([w, frozen], 2.0).params == [w]  # frozen weights are not averaged
+
+    train, sel, name = _ready()
+    seed_everything(0)
+    a = Recorder(TinyConfig(), train.dims, train.task)
+    seed_everything(0)
+    b = Recorder(TinyConfig(), train.dims, train.task)
+    cfg = dict(epochs=6, device="cpu", patience=None, lr=0.05)
+    seed_everything(0)
+    ra = fit(a, train, sel, TrainConfig(**cfg), name)
+    seed_everything(0)
+    rb = fit(b, train, sel, TrainConfig(**cfg, ema_half_life=2.0), name)
+    assert ra.steps == rb.steps
+    differs = any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert differs, "the averaged run kept the same weights as the plain run"
+    with pytest.raises(Exception, match="ema_half_life"):
+        TrainConfig(ema_half_life=-1).validate()
+
+
 def test_a_bad_declaration_is_a_clear_error():
     from imer.errors import BadInput
 
