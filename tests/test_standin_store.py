@@ -8,10 +8,11 @@ memorising them. These checks read only file lists (no features are computed).
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 
-from conftest import REPO_ROOT
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _builder():
