@@ -4,7 +4,10 @@ Prints, per method: WA / UA (mean ± std over evaluation-mask seeds) at missing 
 the seven fixed conditions, the achieved missing rate, wall time, epochs/s, optimiser steps, the
 device, and per training stage the best epoch and whether it fell in the last 10 % of the stage
 (a sign of under-training). Methods are compared at convergence: every setting defaults to
-imer's own TrainConfig (early stopping on validation, patience 30), the same for each method.
+imer's own TrainConfig (early stopping on validation, patience 30), the same for each method,
+and each method trains at its declared learning rate (`imer methods`) unless --lr is given.
+Selection uses the store's own validation split (on the stand-in store: dialogues whose
+stand-ins come from sources training never uses).
 
     python benchmarks/fusion_mr_table.py                                # CPU, imer's defaults (mixed MR 0.0-0.7 training)
     python benchmarks/fusion_mr_table.py --train-missing-rate 0.3       # the paper's protocol: one training MR
