@@ -161,16 +161,22 @@ def read_labels(path: str | Path, trust_pickle: bool = False) -> CommunityLabels
     )
 
 
+_DTYPE_KINDS = {"U": "text", "S": "bytes", "b": "booleans", "c": "complex numbers", "M": "dates", "m": "time spans", "V": "raw records"}
+
+
 def _load_feature(folder: Path, uid: str) -> np.ndarray | None:
     """One utterance's vector: ``uid.npy`` (1-D or [T, D] -> mean over T) or a folder of faces."""
     f = folder / f"{uid}.npy"
-    arrays = []
-    if f.is_file():
-        arrays = [np.load(f, allow_pickle=False)]
-    elif (folder / uid).is_dir():
-        arrays = [np.load(p, allow_pickle=False) for p in sorted((folder / uid).glob("*.npy"))]
+    files = [f] if f.is_file() else sorted((folder / uid).glob("*.npy")) if (folder / uid).is_dir() else []
     vecs = []
-    for a in arrays:
+    for path in files:
+        a = np.load(path, allow_pickle=False)
+        # Strings ("0.5"), booleans and complex numbers would convert to float32 without a word.
+        if a.dtype.kind not in "iuf":
+            raise BadInput(
+                f"{path}: the feature file holds {a.dtype} values ({_DTYPE_KINDS.get(a.dtype.kind, 'not numbers')}); "
+                "features must be integer or floating-point numbers"
+            )
         a = np.asarray(a, dtype=np.float32)
         if a.size == 0:
             continue

@@ -237,6 +237,23 @@ def test_import_refuses_object_npy(small, tmp_path):
         import_community(small, {"text": tmp_path / "t"})
 
 
+@pytest.mark.parametrize("bad, word", [
+    (np.array(["0.5", "1.0", "2.0", "3.0"]), "text"),
+    (np.array([b"0.5", b"1.0", b"2", b"3"]), "bytes"),
+    (np.array([True, False, True, True]), "booleans"),
+    (np.array([1 + 2j, 0, 0, 0]), "complex"),
+])
+def test_import_refuses_non_numeric_npy(small, tmp_path, bad, word):
+    """A string array of numbers would convert silently; the file is named and nothing is read."""
+    uids = small.utterance_ids()
+    _write_all(tmp_path / "t", uids, 4, 0)
+    np.save(tmp_path / "t" / f"{uids[3]}.npy", bad)
+    with pytest.raises(BadInput, match=rf"{uids[3]}\.npy.*{word}"):
+        import_community(small, {"text": tmp_path / "t"})
+    np.save(tmp_path / "t" / f"{uids[3]}.npy", np.arange(4, dtype=np.int16))  # integers are numbers
+    assert import_community(small, {"text": tmp_path / "t"}).present[:, 1].all()
+
+
 def test_import_one_dimensional_features(small, tmp_path):
     uids = small.utterance_ids()
     (tmp_path / "t").mkdir()
