@@ -45,3 +45,6 @@ def test_draw_gives_each_row_a_file_of_its_group():
     pools = {("train", "sad"): ["t1", "t2"], ("valid", "sad"): ["v1"]}
     got = b.draw(groups, pools, np.random.default_rng(0), 4, replace=False)
     assert got[1] == "v1" and {got[0], got[2]} == {"t1", "t2"} and got[3] == ""
+    # Redrawing some rows into an earlier draw leaves the other rows' files alone.
+    again = b.draw({("valid", "sad"): [0]}, pools, np.random.default_rng(1), 4, replace=True, chosen=list(got))
+    assert again[0] == "v1" and again[1:] == got[1:]

@@ -113,14 +113,11 @@ def methods(as_json: JsonOpt = False) -> None:
     """List the registered fusion methods."""
     from imer.fusion.base import METHODS
 
-    from imer.fusion.train_config import DEFAULT_LR
+    from imer.fusion.train_config import resolve_lr
 
     def declared(cls) -> dict:
-        from imer.fusion.base import OptimizerSpec
-
-        spec = getattr(cls.config_class(), "optimizer", None)
-        spec = spec if isinstance(spec, OptimizerSpec) else cls.default_optimizer
-        return {"name": spec.name, "lr": spec.lr if spec.lr is not None else DEFAULT_LR}
+        spec = cls.declared_optimizer()
+        return {"name": spec.name, "lr": resolve_lr(None, spec.lr)}
 
     rows = [
         {"name": n, "description": METHODS.get(n).description, "stages": list(METHODS.get(n).stages),

@@ -124,11 +124,19 @@ class FusionMethod(nn.Module):
         ("a", "t", "v", "at", "av", "tv", "atv") to validation metrics when
         ``wants_combination_feedback``, else it is empty."""
 
+    @classmethod
+    def declared_optimizer(cls, config: Any = None) -> "OptimizerSpec":
+        """The optimiser a config of this method declares (the default config when None): its
+        ``optimizer`` field, else the class's ``default_optimizer`` (Adam); a field that leaves
+        ``lr`` unset takes the class's rate."""
+        spec = getattr(cls.config_class() if config is None else config, "optimizer", None)
+        if not isinstance(spec, OptimizerSpec):
+            return cls.default_optimizer
+        return spec if spec.lr is not None else dataclasses.replace(spec, lr=cls.default_optimizer.lr)
+
     def optimizer_spec(self) -> "OptimizerSpec":
-        """The optimiser this method trains with: its config's ``optimizer`` field, else the
-        class's ``default_optimizer`` (Adam)."""
-        spec = getattr(self.config, "optimizer", None)
-        return spec if isinstance(spec, OptimizerSpec) else self.default_optimizer
+        """The optimiser this method trains with (see :meth:`declared_optimizer`)."""
+        return self.declared_optimizer(self.config)
 
     # -- helpers shared by all methods ---------------------------------------
     @staticmethod

@@ -16,6 +16,14 @@ from imer.fusion.missing import MISSING_RATES, MissingProtocol
 DEFAULT_LR = 1e-3
 
 
+def resolve_lr(run_lr: float | None, declared_lr: float | None) -> float:
+    """The run's learning rate if given, else the method's declared one, else ``DEFAULT_LR``."""
+    for lr in (run_lr, declared_lr):
+        if lr is not None:
+            return float(lr)
+    return DEFAULT_LR
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 100  # total over all stages, split by the method's stage_fractions

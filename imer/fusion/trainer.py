@@ -35,7 +35,7 @@ from imer.fusion.data import TensorData
 from imer.fusion.evaluation import default_batch_size, evaluate
 from imer.fusion.metrics import primary_metric
 from imer.fusion.missing import CONDITIONS, MaskSchedule, MissingProtocol, condition_mask
-from imer.fusion.train_config import DEFAULT_LR, TrainConfig
+from imer.fusion.train_config import TrainConfig, resolve_lr
 from imer.progress import Progress, report
 from imer.store.featureset import FeatureSet
 
@@ -66,12 +66,8 @@ def seed_everything(seed: int) -> None:
 
 
 def learning_rate(method: FusionMethod, cfg: TrainConfig) -> float:
-    """The run's ``lr`` if given, else the method config's optimiser's, else the method class's
-    ``default_optimizer``'s, else ``DEFAULT_LR``."""
-    for lr in (cfg.lr, method.optimizer_spec().lr, method.default_optimizer.lr):
-        if lr is not None:
-            return float(lr)
-    return DEFAULT_LR
+    """The run's ``lr`` if given, else the method's declared one, else ``DEFAULT_LR``."""
+    return resolve_lr(cfg.lr, method.optimizer_spec().lr)
 
 
 def make_optimizer(method: FusionMethod, groups: list[dict], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:

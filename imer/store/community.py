@@ -167,7 +167,11 @@ _DTYPE_KINDS = {"U": "text", "S": "bytes", "b": "booleans", "c": "complex number
 def _load_feature(folder: Path, uid: str) -> np.ndarray | None:
     """One utterance's vector: ``uid.npy`` (1-D or [T, D] -> mean over T) or a folder of faces."""
     f = folder / f"{uid}.npy"
-    files = [f] if f.is_file() else sorted((folder / uid).glob("*.npy")) if (folder / uid).is_dir() else []
+    files: list[Path] = []
+    if f.is_file():
+        files = [f]
+    elif (folder / uid).is_dir():
+        files = sorted((folder / uid).glob("*.npy"))
     vecs = []
     for path in files:
         a = np.load(path, allow_pickle=False)
