@@ -74,6 +74,8 @@ def extract_table(summary) -> Table:
                   str(s["cache_hits"].get(m, 0)), str(s["extracted"].get(m, 0)))
     t.caption = "splits: " + ", ".join(f"{k or '(none)'}={v}" for k, v in sorted(s["splits"].items())) + \
         "   stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in s["stage_seconds"].items())
+    if s.get("reused"):  # identical segments or transcripts, computed once in this run
+        t.caption += "   reused in this run: " + ", ".join(f"{k} {v}" for k, v in sorted(s["reused"].items()))
     return t
 
 

@@ -59,6 +59,7 @@ class ExtractSummary:
     extractors: dict[str, dict] = field(default_factory=dict)  # modality -> FeatureSpec as JSON
     splits: dict[str, int] = field(default_factory=dict)
     out: str = ""
+    reused: dict[str, int] = field(default_factory=dict)  # copied from identical work in this run
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -196,9 +197,38 @@ def extract_features(
             extracted[m.value] += 1
         queues[m] = []
 
-    todo = [j for j in jobs if any(m not in j.results for m in extractors)]
-    wants = [{m for m in extractors if m not in j.results} for j in todo]
-    for i, (job, want, inputs) in enumerate(_decode_ahead(todo, wants, decode, cfg.decode_workers, 2 * cfg.batch_size)):
+    # Identical work is done once: a (modality, key) pair already taken by an earlier job makes
+    # this job a follower, which gets the leader's result. Media jobs without a key (the file
+    # could not be hashed) share by (file, segment) instead.
+    leaders: dict[tuple[Modality, Any], _Job] = {}
+    followers: list[tuple[_Job, Modality, _Job]] = []
+    todo: list[_Job] = []
+    wants: list[set[Modality]] = []
+    for job in jobs:
+        want = set()
+        for m in extractors:
+            if m in job.results:
+                continue
+            u = job.utt
+            ident = job.keys.get(m) or (str(u.source), u.start, u.end, u.transcript if m == Modality.TEXT else None)
+            leader = leaders.setdefault((m, ident), job)
+            if leader is job:
+                want.add(m)
+            else:
+                followers.append((job, m, leader))
+        if want:
+            todo.append(job)
+            wants.append(want)
+    # Progress counts utterances: a job that only copies results is counted with the leader of
+    # its first copied modality.
+    first_leader: dict[int, _Job] = {}
+    for job, _, leader in followers:
+        first_leader.setdefault(id(job), leader)
+    decoded = {id(j) for j in todo}
+    riders = Counter(id(leader) for jid, leader in first_leader.items() if jid not in decoded)
+    total = len(todo) + sum(riders.values())
+    done = 0
+    for job, want, inputs in _decode_ahead(todo, wants, decode, cfg.decode_workers, 2 * cfg.batch_size):
         for m in want:
             status = inputs.status[m]
             if not status.present:
@@ -210,9 +240,16 @@ def extract_features(
             queues[m].append((job, payload))
             if len(queues[m]) >= cfg.batch_size:
                 flush(m)
-        report(progress, "extracting", i + 1, len(todo))
+        done += 1 + riders[id(job)]
+        report(progress, "extracting", done, total)
     for m in extractors:
         flush(m)
+    reused: Counter = Counter()
+    for job, m, leader in followers:
+        if m in leader.results:
+            job.results[m] = leader.results[m]
+            reused[m.value] += 1
+    summary.reused = dict(reused)
     summary.stage_seconds["decode+extract"] = round(time.perf_counter() - t0, 3)
     summary.cache_hits = dict(hits)
     summary.extracted = dict(extracted)
@@ -230,25 +267,77 @@ def extract_features(
 
 
 def _decode_ahead(todo: list[_Job], wants: list[set[Modality]], decode: Any, workers: int, window: int):
-    """Yield (job, want, inputs) in order while up to ``window`` later utterances decode in threads.
+    """Yield (job, want, inputs) for every job, while later ones decode in threads.
 
-    PyAV releases the GIL while decoding, so decoding the next files overlaps with the
-    extractors working on the current batch (the GPU is otherwise idle during decode).
+    Jobs are grouped by media file, and a file's jobs are decoded in order of start through one
+    :class:`~imer.pipeline.media.MediaReader`: a recording cut into a thousand segments is opened
+    and decoded once. Up to ``workers`` files decode at a time, and at most ``window`` decoded
+    utterances wait for the extractors, so memory stays flat however long the run. PyAV releases
+    the GIL while decoding, so decoding overlaps with the extractors' work.
     """
+    import queue
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
     from imer.pipeline.ingest import load_inputs
+    from imer.pipeline.media import MediaReader
+
+    groups: dict[Any, list[tuple[_Job, set[Modality]]]] = {}
+    for job, want in zip(todo, wants):
+        media = bool(want & {Modality.AUDIO, Modality.VIDEO}) and job.utt.source is not None
+        groups.setdefault(str(job.utt.source) if media else None, []).append((job, want))
+
+    def decode_group(source: str | None, items: list[tuple[_Job, set[Modality]]]):
+        if source is None:  # text only, or no media file: nothing to open
+            for job, want in items:
+                yield job, want, load_inputs(job.utt, want, decode)
+            return
+        items = sorted(items, key=lambda it: (it[0].utt.start or 0.0, it[0].utt.end or float("inf")))
+        with MediaReader(items[0][0].utt.source) as reader:
+            for job, want in items:
+                yield job, want, load_inputs(job.utt, want, decode, reader=reader)
 
     if workers <= 1:
-        for job, want in zip(todo, wants):
-            yield job, want, load_inputs(job.utt, want, decode)
+        for source, items in groups.items():
+            yield from decode_group(source, items)
         return
+
+    results: queue.Queue = queue.Queue(maxsize=max(1, window))
+    stop = threading.Event()
+    _END = object()
+
+    def put(item: tuple) -> bool:
+        """Hand ``item`` to the consumer; False once it has stopped listening."""
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run_group(source: str | None, items: list[tuple[_Job, set[Modality]]]) -> None:
+        error = None
+        try:
+            for item in decode_group(source, items):
+                if not put(item):
+                    return
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consuming thread
+            error = e
+        put((_END, error, None))
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imer-decode") as pool:
-        pending = []
-        for job, want in zip(todo, wants):
-            pending.append((job, want, pool.submit(load_inputs, job.utt, want, decode)))
-            if len(pending) > window:
-                j, w, fut = pending.pop(0)
-                yield j, w, fut.result()
-        for j, w, fut in pending:
-            yield j, w, fut.result()
+        for source, items in groups.items():
+            pool.submit(run_group, source, items)
+        try:
+            finished = 0
+            while finished < len(groups):
+                item = results.get()
+                if item[0] is _END:
+                    finished += 1
+                    if item[1] is not None:
+                        raise item[1]
+                    continue
+                yield item
+        finally:
+            stop.set()  # unblock producers if the consumer stopped early

@@ -36,11 +36,9 @@ from imer.pipeline.manifest import Utterance
 from imer.pipeline.media import (
     MEDIA_EXTS,
     MediaInfo,
+    MediaReader,
     UnreadableMedia,
-    decode_audio,
     is_media_file,
-    probe,
-    sample_frames,
 )
 from imer.pipeline.decode import DecodeConfig  # noqa: F401  (re-exported: the decode settings live there)
 from imer.pipeline.streams import StreamStatus, audio_status, text_status
@@ -454,14 +452,19 @@ def load_inputs(
     want: set[Modality] | frozenset[Modality],
     cfg: DecodeConfig | None = None,
     info: MediaInfo | None = None,
+    reader: MediaReader | None = None,
 ) -> UtteranceInputs:
     """Decode what ``want`` asks for and say, per modality, whether it is usable and why not.
 
     Never raises for bad media. Any failure to open or decode becomes UNREADABLE, with the error
     as the detail, because one broken file must not stop a run over thousands. A programming
-    error still shows in the detail text and in tests. Pass ``info`` to skip probing again when
-    many utterances (cues) share one file.
+    error still shows in the detail text and in tests. Many utterances of one file (cues,
+    manifest segments) should pass one ``reader`` open on it, in order of start: the file is
+    then opened, probed and decoded once for all of them. ``info`` skips probing.
     """
+    if reader is None and utt.source is not None and ({Modality.AUDIO, Modality.VIDEO} & set(want)):
+        with MediaReader(utt.source) as own:
+            return load_inputs(utt, want, cfg, info, own)
     cfg = cfg or DecodeConfig()
     status: dict[Modality, StreamStatus] = {}
     audio: np.ndarray | None = None
@@ -491,9 +494,11 @@ def load_inputs(
         for m in media_want:
             status[m] = StreamStatus.missing(no_track[m], "no media file")
         return finish()
+    if reader is None or reader.path != utt.source:
+        raise ValueError(f"reader is open on {reader and reader.path}, not on {utt.source}")
     if info is None:
         try:
-            info = probe(utt.source)
+            info = reader.info
         except Exception as e:  # noqa: BLE001 - see docstring
             for m in media_want:
                 status[m] = StreamStatus.missing(MissingReason.UNREADABLE, _detail(e))
@@ -514,7 +519,7 @@ def load_inputs(
             status[Modality.AUDIO] = StreamStatus.missing(MissingReason.OUT_OF_RANGE, problem)
         else:
             try:
-                samples = decode_audio(utt.source, start, end, cfg.sample_rate)
+                samples = reader.audio(start, end, cfg.sample_rate)
             except Exception as e:  # noqa: BLE001
                 status[Modality.AUDIO] = StreamStatus.missing(MissingReason.UNREADABLE, _detail(e))
             else:
@@ -530,9 +535,7 @@ def load_inputs(
             status[Modality.VIDEO] = StreamStatus.missing(MissingReason.OUT_OF_RANGE, problem)
         else:
             try:
-                imgs, times = sample_frames(
-                    utt.source, start, end, cfg.fps, cfg.max_frames, cfg.max_side, cfg.skip_nonref
-                )
+                imgs, times = reader.frames(start, end, cfg.fps, cfg.max_frames, cfg.max_side, cfg.skip_nonref)
             except Exception as e:  # noqa: BLE001
                 status[Modality.VIDEO] = StreamStatus.missing(MissingReason.UNREADABLE, _detail(e))
             else:

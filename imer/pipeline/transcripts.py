@@ -114,7 +114,7 @@ def read_text_file(path: Path) -> str:
 _ASS_OVERRIDE = re.compile(r"\{\\[^}]*\}")
 _VOICE = re.compile(r"<v(?:\.[^\s>]*)?\s+([^>]*)>", re.IGNORECASE)
 _TAG = re.compile(r"</?[A-Za-z][^>]*>|<\d{1,2}:\d{2}(?::\d{2})?[.,]\d{1,3}>")
-_SPACES = re.compile(r"[ \t\u00a0]+")
+_SPACES = re.compile(r"\s+")  # every Unicode space (U+00A0, U+1680, U+3000, ...)
 
 
 def clean_cue_text(raw: str) -> tuple[str, str | None]:

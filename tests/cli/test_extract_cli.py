@@ -86,7 +86,8 @@ def test_first_run_summary(first):
     assert s["present"] == {"audio": 7, "text": 18, "video": 18}
     assert s["missing"] == {"audio": {"silent_audio": 11}, "text": {}, "video": {}}
     assert s["cache_hits"] == {}
-    assert s["extracted"] == {"audio": 7, "text": 18, "video": 18}  # the 11 silent tracks never reach openSMILE
+    assert s["extracted"] == {"audio": 7, "text": 2, "video": 18}  # the 11 silent tracks never reach openSMILE
+    assert s["reused"] == {"text": 16}  # RAVDESS has two statements: each is embedded once
     assert s["out"] == str(out)
     assert {m: s["extractors"][m]["name"] for m in ("audio", "text", "video")} == {
         "audio": "egemaps", "text": "minilm", "video": "faceprint"}
