@@ -16,7 +16,7 @@ from imer.errors import BadInput
 from imer.extractors.run import ExtractConfig, ExtractSummary, extract_features
 from imer.pipeline.manifest import Utterance
 from imer.progress import Progress
-from imer.store.compile import CompileConfig, compile_features
+from imer.store.compile import CompileConfig, check_labels, compile_features
 from imer.store.featureset import FeatureSet
 from imer.store.format import save_store
 
@@ -55,6 +55,7 @@ def extract_store(
     out = Path(out)
     if cfg.cache_dir is None:
         cfg = replace(cfg, cache_dir=out / ".cache")
+    label_issues = check_labels(utterances, compile_cfg)  # a label outside --labels fails here, before extraction
     extraction = extract_features(utterances, cfg, progress=progress, extractors=extractors)
     t0 = time.perf_counter()
     fs, counts = compile_features(extraction.utterances, extraction.results, extraction.specs, compile_cfg)
@@ -67,4 +68,6 @@ def extract_store(
     summary.splits = dict(Counter(fs.splits))
     summary.out = str(out)
     summary.seconds = round(summary.seconds + summary.stage_seconds["compile"], 3)
+    summary.label_issues = [i.to_dict() for i in label_issues]
+    summary.warnings += [i.message for i in label_issues if i.severity == "warning"]
     return fs, summary

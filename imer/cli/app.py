@@ -320,6 +320,8 @@ def extract(
     no_cues: Annotated[bool, typer.Option("--no-cues", help="Do not split files into utterances at subtitle cues.")] = False,
     decode_workers: Annotated[int, typer.Option(help="Threads decoding media ahead of the extractors.")] = default(ExtractConfig, "decode_workers"),
     task: Annotated[Task, typer.Option(help="How to read labels: auto (fractional numbers = regression), classification, regression.")] = Task(default(CompileConfig, "task")),
+    labels: Annotated[Optional[str], typer.Option("--labels", help="The classes, in order: NAME,NAME,... or @FILE (one per line). Any other label is then an error naming its rows; unlabelled rows stay allowed. Default: the labels found, with those that look wrong (typos, case variants, numbers among names) reported as warnings.")] = None,
+    label_map: Annotated[Optional[str], typer.Option("--label-map", help="Rename labels first: OLD=NEW,OLD=NEW or @FILE, e.g. 'Happy=happy,hapy=happy'; OLD= makes those rows unlabelled.")] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -341,7 +343,13 @@ def extract(
         force=force,
         cache_dir=cache,
     )
-    compile_cfg = from_dict(CompileConfig, {"holdout": holdout, "task": task.value}, "store")
+    from imer.store.labels import parse_label_list, parse_label_map
+
+    compile_cfg = from_dict(CompileConfig, {
+        "holdout": holdout, "task": task.value,
+        **({"labels": parse_label_list(labels)} if labels is not None else {}),
+        **({"label_map": parse_label_map(label_map)} if label_map is not None else {}),
+    }, "store")
     from imer.extractors.run import build_extractors
 
     build_extractors(cfg)  # bad options fail here, before any media is read
@@ -354,9 +362,10 @@ def extract(
 
         print_json(summary.to_dict())
         return
-    from imer.cli.render import extract_table, out_console
+    from imer.cli.render import extract_table, out_console, print_extract_warnings
 
     out_console.print(extract_table(summary))
+    print_extract_warnings(summary)
 
 
 @app.command()

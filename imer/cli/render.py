@@ -79,6 +79,21 @@ def extract_table(summary) -> Table:
     return t
 
 
+def extract_warnings(summary) -> list[str]:
+    """``imer extract``'s warnings (e.g. labels that look wrong), then its notes, one markup line each."""
+    from rich.markup import escape
+
+    s = summary.to_dict() if hasattr(summary, "to_dict") else summary
+    lines = [f"[yellow]warning:[/yellow] {escape(w)}" for w in s.get("warnings", [])]
+    lines += [f"[cyan]note:[/cyan] {escape(i['message'])}" for i in s.get("label_issues", []) if i.get("severity") == "note"]
+    return lines
+
+
+def print_extract_warnings(summary, console: Console | None = None) -> None:
+    for line in extract_warnings(summary):
+        (console or out_console).print(line)
+
+
 def predictions_table(results) -> Table:
     t = Table(title="predictions")
     t.add_column("input")

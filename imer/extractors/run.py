@@ -60,6 +60,8 @@ class ExtractSummary:
     splits: dict[str, int] = field(default_factory=dict)
     out: str = ""
     reused: dict[str, int] = field(default_factory=dict)  # copied from identical work in this run
+    warnings: list[str] = field(default_factory=list)  # one line each, for people
+    label_issues: list[dict] = field(default_factory=list)  # imer.store.labels.LabelIssue.to_dict(): labels that look wrong
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

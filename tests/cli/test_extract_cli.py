@@ -284,3 +284,88 @@ def test_console_entry_point_prints_one_line_error(tmp_path):
     assert res.returncode == 2, res.stderr
     err = " ".join(res.stderr.split())  # rich wraps long lines
     assert err.startswith("error:") and "no such file or folder" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------- labels that look wrong
+# Issue: "A manifest whose labels are RAVDESS emotion names plus `hapy` and `7` is accepted with no
+# word: the store gets extra classes of one or two utterances each, and a model is trained on them."
+AUDIO_ONLY = ["--audio", "egemaps", "--text", "none", "--video", "none", "--device", "cpu"]
+EMOTIONS = ("neutral", "happy", "sad", "angry")
+HAPY = ("label 'hapy' (1 utterance: clip12) looks like a misspelling of 'happy' (3 utterances) and became a class "
+        "of its own; fix the manifest, map it with --label-map 'hapy=happy', or name the classes with --labels")
+SEVEN = ("label '7' (1 utterance: clip13) is a number among named classes (angry, happy, neutral, sad) and became "
+         "a class of its own; fix the manifest, map it with --label-map, or name the classes with --labels")
+
+
+@pytest.fixture()
+def typo_manifest(tmp_path) -> Path:
+    """Three rows per emotion, then 'hapy', '7' and an unlabelled row; every row is one generated 1 s clip."""
+    write_media(tmp_path / "clip.mp4", seconds=1.0, video=False)
+    labels = [e for e in EMOTIONS for _ in range(3)] + ["hapy", "7", ""]
+    with open(tmp_path / "manifest.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "path", "emotion", "speaker"])
+        for i, label in enumerate(labels):
+            w.writerow([f"clip{i:02d}", "clip.mp4", label, f"s{i % 3}"])
+    return tmp_path / "manifest.csv"
+
+
+def test_typo_labels_are_warnings_in_the_json(typo_manifest, tmp_path):
+    out = tmp_path / "feats"
+    s = _extract("--manifest", str(typo_manifest), "--out", str(out), *AUDIO_ONLY)
+    assert s["warnings"] == [HAPY, SEVEN]
+    assert [(i["kind"], i["label"], i["count"], i["rows"], i["resembles"], i["severity"]) for i in s["label_issues"]] == [
+        ("near_spelling", "hapy", 1, ["clip12"], "happy", "warning"),
+        ("number_among_names", "7", 1, ["clip13"], None, "warning"),
+    ]
+    # a warning, not a change: the store is what the manifest says
+    fs = load_store(out)
+    assert fs.task.label_names == ("7", "angry", "happy", "hapy", "neutral", "sad")
+
+
+def test_typo_labels_are_warnings_in_the_printed_summary(typo_manifest, tmp_path):
+    r = runner.invoke(app, ["extract", "--manifest", str(typo_manifest), "--out", str(tmp_path / "feats"), *AUDIO_ONLY])
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    text = " ".join(r.stdout.split())  # rich wraps long lines
+    assert "15 utterances from 1 files" in text
+    assert f"warning: {HAPY}" in text and f"warning: {SEVEN}" in text
+    assert text.index("15 utterances") < text.index("warning: label 'hapy'") < text.index("warning: label '7'")
+
+
+def test_clean_labels_have_no_warnings(typo_manifest, tmp_path):
+    s = _extract("--manifest", str(typo_manifest), "--out", str(tmp_path / "feats"), "--label-map", "hapy=happy,7=", *AUDIO_ONLY)
+    assert s["warnings"] == [] and s["label_issues"] == []
+    fs = load_store(tmp_path / "feats")
+    assert fs.task.label_names == ("angry", "happy", "neutral", "sad")
+    assert fs.task.label_names[fs.labels[fs.ids.index("clip12")]] == "happy"
+    assert fs.labels[fs.ids.index("clip13")] == -1 and fs.labels[fs.ids.index("clip14")] == -1
+
+
+def test_labels_option_makes_other_labels_an_error_naming_the_rows(typo_manifest, tmp_path):
+    out = tmp_path / "feats"
+    r = runner.invoke(app, ["extract", "--manifest", str(typo_manifest), "--out", str(out), "--labels", ",".join(EMOTIONS),
+                            *AUDIO_ONLY, "--json"])
+    assert isinstance(r.exception, BadInput), r.output + repr(r.exception)
+    assert str(r.exception) == (
+        "2 rows have labels outside --labels (neutral, happy, sad, angry): '7' in 1 row (clip13); 'hapy' in 1 row "
+        "(clip12; did you mean 'happy'?). Fix them in the manifest, add the labels to --labels, or map them with "
+        "--label-map OLD=NEW (OLD= makes rows unlabelled)"
+    )
+    assert not out.exists()  # refused before extraction: nothing written, not even the cache
+
+
+def test_labels_file_fixes_the_classes_and_their_order(typo_manifest, tmp_path):
+    names = tmp_path / "labels.txt"
+    names.write_text("sad\nhappy\nangry\nneutral\nfearful\n")
+    out = tmp_path / "feats"
+    s = _extract("--manifest", str(typo_manifest), "--out", str(out), "--labels", f"@{names}",
+                 "--label-map", "hapy=happy,7=", *AUDIO_ONLY)
+    assert s["warnings"] == [] and s["label_issues"] == []
+    fs = load_store(out)
+    assert fs.task.label_names == ("sad", "happy", "angry", "neutral", "fearful")
+    assert fs.task.label_names[fs.labels[fs.ids.index("clip00")]] == "neutral"
+    assert fs.task.label_names[fs.labels[fs.ids.index("clip12")]] == "happy"
+    assert fs.labels[fs.ids.index("clip13")] == -1
+    r = runner.invoke(app, ["extract", "--manifest", str(typo_manifest), "--out", str(out), "--labels", "happy,sad",
+                            "--label-map", "hapy=hap", *AUDIO_ONLY])
+    assert isinstance(r.exception, BadInput) and "--label-map maps to 'hap', which is not in --labels" in str(r.exception)
