@@ -63,7 +63,7 @@ def decode_settings(decode: Any, modality: Modality) -> dict:
     """The decode settings a modality's features depend on (part of its spec and cache namespace)."""
     d = dataclasses.asdict(decode)
     if modality == Modality.AUDIO:
-        return {k: d[k] for k in ("sample_rate", "silence_rms") if k in d}
+        return {k: d[k] for k in ("sample_rate", "silence_rms", "silence_rule") if k in d}
     if modality == Modality.VIDEO:
         return {k: d[k] for k in ("fps", "max_frames", "max_side", "skip_nonref") if k in d}
     return {}

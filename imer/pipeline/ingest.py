@@ -523,7 +523,7 @@ def load_inputs(
             except Exception as e:  # noqa: BLE001
                 status[Modality.AUDIO] = StreamStatus.missing(MissingReason.UNREADABLE, _detail(e))
             else:
-                status[Modality.AUDIO] = audio_status(samples, True, cfg.silence_rms)
+                status[Modality.AUDIO] = audio_status(samples, True, cfg.silence_rms, cfg.sample_rate)
                 audio = samples if status[Modality.AUDIO].present else None
 
     if Modality.VIDEO in media_want:

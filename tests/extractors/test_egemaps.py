@@ -71,7 +71,7 @@ def test_egemaps_dim_88_matches_output(egemaps):
     decode = DecodeConfig()
     assert egemaps.spec(decode) == FeatureSpec(
         name="egemaps", dim=88, config={"feature_set": "eGeMAPSv02", "sample_rate": 16000},
-        decode={"sample_rate": decode.sample_rate, "silence_rms": decode.silence_rms},
+        decode={"sample_rate": decode.sample_rate, "silence_rms": decode.silence_rms, "silence_rule": decode.silence_rule},
     )
 
 

