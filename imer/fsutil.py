@@ -1,7 +1,9 @@
-"""Atomic file writes: a reader (or a resumed run) only ever sees whole files."""
+"""Atomic file writes: a reader (or a resumed run) only ever sees whole files. Also
+:func:`dangling_symlink`, the reason a symlink leads nowhere."""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -73,3 +75,24 @@ def read_json_header(file: Path, fmt: str, max_version: int, what: str, fix: str
     if not isinstance(version, int) or version > max_version:
         raise BadInput(f"{file}: {what} version {version!r} is newer than this imer reads ({max_version}); upgrade imer")
     return header
+
+
+def dangling_symlink(path: str | Path) -> str | None:
+    """Why ``path`` is a symlink that leads nowhere ("target of symlink X (-> T) does not exist"),
+    or None when it is not one. ``Path.exists()`` is False for such a link, and a plain "not
+    found" would hide that the link itself is there."""
+    path = Path(path)
+    if not path.is_symlink() or path.exists():
+        return None
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13 raises this for a loop
+        return f"symlink {path} (-> {target}) is a loop"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"symlink {path} (-> {target}) is a loop"
+    return f"target of symlink {path} (-> {target}) does not exist"

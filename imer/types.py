@@ -34,6 +34,7 @@ class MissingReason(str, Enum):
     EMPTY_TRANSCRIPT = "empty_transcript"
     UNREADABLE = "unreadable"
     OUT_OF_RANGE = "out_of_range"
+    INVALID_SEGMENT = "invalid_segment"  # the manifest row's own start/end are unusable (end before start, ...)
     DISABLED = "disabled"  # switched off by the user (--no-audio, ...)
     NO_FEATURE = "no_feature"  # imported data had no feature file for this utterance
     EXTRACTOR_FAILED = "extractor_failed"

@@ -318,6 +318,7 @@ def extract(
     cache: Annotated[Optional[Path], typer.Option(help="Cache folder (default OUT/.cache); share it between runs and machines.")] = None,
     holdout: Annotated[float, typer.Option(help="When the data names no split: share of speakers (or files) put in 'test'.")] = default(CompileConfig, "holdout"),
     no_cues: Annotated[bool, typer.Option("--no-cues", help="Do not split files into utterances at subtitle cues.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Stop at the first manifest row with an invalid segment (end not after start, a negative or malformed time). Default: record its audio and video as missing (invalid_segment), go on, and list such rows in the summary.")] = False,
     decode_workers: Annotated[int, typer.Option(help="Threads decoding media ahead of the extractors.")] = default(ExtractConfig, "decode_workers"),
     task: Annotated[Task, typer.Option(help="How to read labels: auto (fractional numbers = regression), classification, regression.")] = Task(default(CompileConfig, "task")),
     labels: Annotated[Optional[str], typer.Option("--labels", help="The classes, in order: NAME,NAME,... or @FILE (one per line). Any other label is then an error naming its rows; unlabelled rows stay allowed. Default: the labels found, with those that look wrong (typos, case variants, numbers among names) reported as warnings.")] = None,
@@ -353,10 +354,11 @@ def extract(
     from imer.extractors.run import build_extractors
 
     build_extractors(cfg)  # bad options fail here, before any media is read
-    utts = find_utterances(path, manifest, cues=not no_cues)
+    found: list[str] = []  # warnings from reading the input (cues skipped, symlinks leading nowhere)
+    utts = find_utterances(path, manifest, cues=not no_cues, strict=strict, warnings=found)
     _set_threads(threads)
     with ProgressDisplay(quiet=as_json) as prog:
-        _, summary = extract_store(utts, out, cfg, compile_cfg, progress=prog)
+        _, summary = extract_store(utts, out, cfg, compile_cfg, progress=prog, warnings=found)
     if as_json:
         from imer.cli.render import print_json
 

@@ -61,6 +61,7 @@ class ExtractSummary:
     out: str = ""
     reused: dict[str, int] = field(default_factory=dict)  # copied from identical work in this run
     warnings: list[str] = field(default_factory=list)  # one line each, for people
+    invalid_rows: list[str] = field(default_factory=list)  # manifest rows whose segment is invalid, each "m.csv: line 7: why"
     label_issues: list[dict] = field(default_factory=list)  # imer.store.labels.LabelIssue.to_dict(): labels that look wrong
 
     def to_dict(self) -> dict:
@@ -158,8 +159,8 @@ def extract_features(
                 key = content_key("text", u.transcript is None, u.transcript or "")
             else:
                 h = hashes.get(str(u.source)) if u.source is not None else "none"
-                if h is None:
-                    continue  # unreadable file: never cached, re-checked every run
+                if h is None or u.invalid:
+                    continue  # unreadable file, or a row whose segment is invalid: never cached, re-checked every run
                 key = content_key(h, u.start, u.end)
             job.keys[m] = key
             if cfg.force or m not in caches:
@@ -212,7 +213,7 @@ def extract_features(
             if m in job.results:
                 continue
             u = job.utt
-            ident = job.keys.get(m) or (str(u.source), u.start, u.end, u.transcript if m == Modality.TEXT else None)
+            ident = job.keys.get(m) or (str(u.source), u.start, u.end, u.transcript if m == Modality.TEXT else None, u.invalid)
             leader = leaders.setdefault((m, ident), job)
             if leader is job:
                 want.add(m)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from imer.errors import BadInput
+from imer.fsutil import dangling_symlink
 from imer.pipeline.manifest import Utterance
 from imer.pipeline.media import (
     MEDIA_EXTS,
@@ -81,17 +82,28 @@ def _is_hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
-def discover(path: str | Path, recursive: bool = True, cues_as_utterances: bool = True) -> list[Utterance]:
+def discover(
+    path: str | Path,
+    recursive: bool = True,
+    cues_as_utterances: bool = True,
+    warnings: list[str] | None = None,
+) -> list[Utterance]:
     """Utterances for a media file or every media file in a folder (recursively), sorted by id.
 
     Each file is one utterance whose transcript comes from its sidecar. A sidecar with timed
     cues instead makes one utterance per cue (unless ``cues_as_utterances`` is False; then the
     cues' joined text is the file's transcript). Transcript files without media are not
     utterances. Hidden files and folders (``.DS_Store``, ``._clip.mp4``) are skipped.
+
+    A symlink with a media extension whose target does not exist (e.g. a git-annex or DataLad
+    file not fetched yet) is an utterance like the others: its audio and video are then
+    ``unreadable`` with the reason "target of symlink X (-> T) does not exist", and one line in
+    ``warnings`` counts such links. A folder holding only such links is an error. ``warnings``
+    also receives the sidecars' own (cues skipped, see :mod:`imer.pipeline.transcripts`).
     """
     path = Path(path)
     if not path.exists():
-        raise BadInput(f"{path}: no such file or folder")
+        raise BadInput(dangling_symlink(path) or f"{path}: no such file or folder")
     if path.is_file():
         if not is_media_file(path):
             raise BadInput(
@@ -102,19 +114,25 @@ def discover(path: str | Path, recursive: bool = True, cues_as_utterances: bool 
     else:
         root = path
         pattern = path.rglob("*") if recursive else path.glob("*")
-        files = [
-            f for f in pattern if f.is_file() and is_media_file(f) and not _is_hidden(f.relative_to(root))
-        ]
+        found = [f for f in pattern if is_media_file(f) and not _is_hidden(f.relative_to(root))]
+        files = [f for f in found if f.is_file()]
+        dangling = [f for f in found if not f.exists() and f.is_symlink()]
         if not files:
             raise BadInput(
                 f"{path}: no media files found{' (searched recursively)' if recursive else ''}; "
                 f"supported extensions: {' '.join(MEDIA_EXTS)}"
+                + (f"; {_dangling_note(dangling)}" if dangling else "")
             )
+        if dangling:
+            _note(warnings, [f"{_dangling_note(dangling)}: recorded as unreadable"])
+            files += dangling
     ids = file_ids(files, root)
     out: list[Utterance] = []
     for f in sorted(files, key=lambda f: ids[f]):
         fid, source = ids[f], f.absolute()
         tr = load_transcript(f)
+        if tr is not None:
+            _note(warnings, tr.warnings)
         if tr is not None and tr.cues and cues_as_utterances:
             out.extend(_cue_utterances(fid, source, tr))
         else:
@@ -127,6 +145,18 @@ def discover(path: str | Path, recursive: bool = True, cues_as_utterances: bool 
                 )
             )
     return out
+
+
+def _dangling_note(links: list[Path]) -> str:
+    """"2 media symlinks lead nowhere (first: target of symlink X (-> T) does not exist)"."""
+    n = len(links)
+    return f"{n} media symlink{'s lead' if n != 1 else ' leads'} nowhere (first: {dangling_symlink(sorted(links)[0])})"
+
+
+def _note(warnings: list[str] | None, lines: list[str]) -> None:
+    """Add ``lines`` to ``warnings`` (if collected), each once: many rows or cues share one sidecar."""
+    if warnings is not None:
+        warnings.extend(ln for ln in dict.fromkeys(lines) if ln not in warnings)
 
 
 def _cue_utterances(fid: str, source: Path, tr: Transcript) -> list[Utterance]:
@@ -163,7 +193,7 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def read_manifest(path: str | Path) -> list[Utterance]:
+def read_manifest(path: str | Path, strict: bool = False, warnings: list[str] | None = None) -> list[Utterance]:
     """Utterances from a CSV/TSV or JSON/JSONL manifest, in file order.
 
     Columns are listed in :data:`COLUMN_ALIASES`; ``path`` is required (a row may leave it empty
@@ -174,10 +204,20 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     segment, that is the text of the cues whose midpoint falls in the segment. Without an
     ``order`` column, rows are numbered within their dialogue in file order. CSV cells stay
     strings (a label "1.5" is the string "1.5"); the task spec decides what labels mean.
+
+    A row whose own segment is unusable (a start or end that is not a time, or is negative, or an
+    end not after the start) does not stop the run of thousands it belongs to: it becomes an
+    utterance with ``invalid`` set to the message naming the row ("m.csv: line 7: end (2) must be
+    after start (5)"), whose audio and video will be missing with reason ``invalid_segment``. Its
+    transcript from the manifest stays (it does not depend on the times); a transcript that would
+    come from the sidecar's cues within the segment is None. ``strict=True`` raises
+    :class:`BadInput` with that message instead. Errors in the manifest's structure (no path and
+    no id, a duplicate id, an order that is not an integer, a bad label) always raise.
+    ``warnings`` receives the sidecars' warnings (cues skipped), once each.
     """
     path = Path(path)
     if not path.is_file():
-        raise BadInput(f"{path}: manifest not found")
+        raise BadInput(f"{dangling_symlink(path) or path}: manifest not found")
     suffix = path.suffix.lower()
     text = decode_text(path.read_bytes())
     if suffix in (".json", ".jsonl"):
@@ -188,7 +228,7 @@ def read_manifest(path: str | Path) -> list[Utterance]:
         where = "line"
     else:
         raise BadInput(f"{path}: unknown manifest format (use .csv, .tsv, .json or .jsonl)")
-    return _rows_to_utterances(path, rows, where)
+    return _rows_to_utterances(path, rows, where, strict, warnings)
 
 
 def _csv_rows(path: Path, text: str, delimiter: str | None) -> list[tuple[int, dict[str, Any]]]:
@@ -263,23 +303,38 @@ def _check_columns(path: Path, columns: list[str]) -> None:
         )
 
 
+class _NegativeTime(ValueError):
+    """A well-formed time before zero: reported as "start -1 is negative", not as "not a time"."""
+
+
 def _parse_time(value: Any) -> float:
-    """Seconds from a number or "[HH:]MM:SS[.,]mmm"."""
+    """Seconds from a number or "[-][HH:]MM:SS[.,]mmm"; ValueError (:class:`_NegativeTime` for a
+    negative time) otherwise."""
     if isinstance(value, bool):
         raise ValueError("boolean")  # noqa: TRY004 - reported to the user as BadInput
     if isinstance(value, (int, float)):
         t = float(value)
     else:
         s = str(value).strip().replace(",", ".")
-        parts = s.split(":")
-        if len(parts) > 3:
+        negative = s.startswith("-") and ":" in s  # "-00:01.5": the sign is for the whole time
+        parts = (s[1:] if negative else s).split(":")
+        if len(parts) > 3 or any(p.strip()[:1] in ("+", "-") for p in parts[1:]):
             raise ValueError(s)
         t = 0.0
         for p in parts:
             t = t * 60 + float(p)
-    if not math.isfinite(t) or t < 0:
+        t = -t if negative else t
+    if not math.isfinite(t):
         raise ValueError(str(value))
+    if t < 0:
+        raise _NegativeTime(str(value))
     return t
+
+
+def _time_problem(name: str, value: Any, e: ValueError) -> str:
+    if isinstance(e, _NegativeTime):
+        return f"{name} {value} is negative"
+    return f"{name} {value!r} is not a time in seconds (or HH:MM:SS.mmm)"
 
 
 def _empty(v: Any) -> bool:
@@ -293,8 +348,18 @@ def _cell(row: dict[str, Any], canon: dict[str, str], name: str) -> Any:
     return None if _empty(v) else (v.strip() if isinstance(v, str) else v)
 
 
-def _row_to_utterance(row: dict[str, Any], base: Path, loc: str) -> Utterance:
-    """One manifest row -> Utterance (id may be "" and is filled in from the path later)."""
+def _row_to_utterance(
+    row: dict[str, Any],
+    base: Path,
+    loc: str,
+    strict: bool = True,
+    sidecars: dict[Path, Transcript | None] | None = None,
+) -> Utterance:
+    """One manifest row -> Utterance (id may be "" and is filled in from the path later).
+
+    A bad segment raises when ``strict``, else sets ``invalid`` (see :func:`read_manifest`); a
+    time that is not a usable time is then None. ``sidecars`` memoises transcripts by media file.
+    """
     canon = _canonical(list(row))  # per row: JSON objects may use different aliases
     raw_path = _cell(row, canon, "path")
     source = None
@@ -305,15 +370,20 @@ def _row_to_utterance(row: dict[str, Any], base: Path, loc: str) -> Utterance:
     if uid is None and source is None:
         raise BadInput(f"{loc}: no media path and no id; give at least one")
     times: dict[str, float | None] = {}
+    problem: str | None = None
     for name in ("start", "end"):
         v = _cell(row, canon, name)
         try:
             times[name] = None if v is None else _parse_time(v)
-        except ValueError:
-            raise BadInput(f"{loc}: {name} {v!r} is not a time in seconds (or HH:MM:SS.mmm)") from None
+        except ValueError as e:
+            times[name] = None
+            problem = problem or _time_problem(name, v, e)
     start, end = times["start"], times["end"]
-    if end is not None and end <= (start or 0.0):
-        raise BadInput(f"{loc}: end ({end:g}) must be after start ({start or 0.0:g})")
+    if problem is None and end is not None and end <= (start or 0.0):
+        problem = f"end ({end:g}) must be after start ({start or 0.0:g})"
+    invalid = f"{loc}: {problem}" if problem is not None else None
+    if invalid is not None and strict:
+        raise BadInput(invalid)
     order = 0
     raw_order = _cell(row, canon, "order")
     if raw_order is not None:
@@ -327,7 +397,7 @@ def _row_to_utterance(row: dict[str, Any], base: Path, loc: str) -> Utterance:
     label = _cell(row, canon, "label")
     if isinstance(label, (bool, list, dict)):
         raise BadInput(f"{loc}: label {label!r} must be a string or a number")
-    transcript, tsource = _row_transcript(row, canon, source, start, end, loc)
+    transcript, tsource = _row_transcript(row, canon, source, start, end, loc, invalid is not None, sidecars)
     mapped = set(canon.values())
     return Utterance(
         id=str(uid) if uid is not None else "",
@@ -342,12 +412,23 @@ def _row_to_utterance(row: dict[str, Any], base: Path, loc: str) -> Utterance:
         order=order,
         split=_opt_str(_cell(row, canon, "split")),
         extra={c: (None if _empty(v) else v) for c, v in row.items() if c not in mapped},
+        invalid=invalid,
     )
 
 
-def _rows_to_utterances(path: Path, rows: list[tuple[int, dict[str, Any]]], where: str) -> list[Utterance]:
+def _rows_to_utterances(
+    path: Path,
+    rows: list[tuple[int, dict[str, Any]]],
+    where: str,
+    strict: bool = True,
+    warnings: list[str] | None = None,
+) -> list[Utterance]:
     base = Path(os.path.normpath(path.parent.absolute()))  # '..' in the manifest path must not leak into ids
-    utts = [_row_to_utterance(row, base, f"{path}: {where} {num}") for num, row in rows]
+    sidecars: dict[Path, Transcript | None] = {}
+    utts = [_row_to_utterance(row, base, f"{path}: {where} {num}", strict, sidecars) for num, row in rows]
+    for tr in sidecars.values():
+        if tr is not None:
+            _note(warnings, tr.warnings)
     _ids_from_paths([u for u in utts if not u.id], base)
     if "order" not in _canonical(sorted({c for _, r in rows for c in r})):
         counters: dict[str, int] = defaultdict(int)
@@ -374,6 +455,8 @@ def _row_transcript(
     start: float | None,
     end: float | None,
     loc: str,
+    invalid: bool = False,
+    sidecars: dict[Path, Transcript | None] | None = None,
 ) -> tuple[str | None, str | None]:
     col = canon.get("transcript")
     if col is not None and col in row:
@@ -383,11 +466,18 @@ def _row_transcript(
         return str(v).strip(), "manifest"
     if source is None:
         return None, None
-    try:
-        tr = load_transcript(source)
-    except BadInput as e:
-        raise BadInput(f"{loc}: {e}") from e
+    if sidecars is not None and source in sidecars:
+        tr = sidecars[source]
+    else:
+        try:
+            tr = load_transcript(source)
+        except BadInput as e:
+            raise BadInput(f"{loc}: {e}") from e
+        if sidecars is not None:
+            sidecars[source] = tr
     if tr is None:
+        return None, None
+    if tr.cues and invalid:  # which cues fall in the segment is unknowable
         return None, None
     if tr.cues and (start is not None or end is not None):
         lo, hi = start or 0.0, end if end is not None else math.inf
@@ -427,7 +517,14 @@ class UtteranceInputs:
     status: dict[Modality, StreamStatus] = field(default_factory=dict)
 
 
+def _segment_reason(utt: Utterance) -> MissingReason:
+    """The reason for :func:`_range_problem`'s answer: the row's own segment, or its fit to the file."""
+    return MissingReason.INVALID_SEGMENT if utt.invalid else MissingReason.OUT_OF_RANGE
+
+
 def _range_problem(utt: Utterance, info: MediaInfo) -> str | None:
+    if utt.invalid:
+        return utt.invalid
     start = utt.start or 0.0
     end = utt.end
     seg = f"segment {start:.2f}-{end:.2f} s" if end is not None else f"segment from {start:.2f} s"
@@ -516,7 +613,7 @@ def load_inputs(
                 MissingReason.NO_AUDIO_TRACK, f"no audio track in {utt.source.name}"
             )
         elif problem:
-            status[Modality.AUDIO] = StreamStatus.missing(MissingReason.OUT_OF_RANGE, problem)
+            status[Modality.AUDIO] = StreamStatus.missing(_segment_reason(utt), problem)
         else:
             try:
                 samples = reader.audio(start, end, cfg.sample_rate)
@@ -532,7 +629,7 @@ def load_inputs(
                 MissingReason.NO_VIDEO_TRACK, f"no video track in {utt.source.name}"
             )
         elif problem:
-            status[Modality.VIDEO] = StreamStatus.missing(MissingReason.OUT_OF_RANGE, problem)
+            status[Modality.VIDEO] = StreamStatus.missing(_segment_reason(utt), problem)
         else:
             try:
                 imgs, times = reader.frames(start, end, cfg.fps, cfg.max_frames, cfg.max_side, cfg.skip_nonref)

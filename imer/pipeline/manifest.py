@@ -26,3 +26,6 @@ class Utterance:
     order: int = 0
     split: str | None = None
     extra: dict = field(default_factory=dict)
+    # Why the row's segment cannot be used ("m.csv: line 7: end (2) must be after start (5)"), or
+    # None. Its audio and video are then missing with reason ``invalid_segment``; never cached.
+    invalid: str | None = None

@@ -70,7 +70,9 @@ def is_media_file(path: Path) -> bool:
 def _check_file(path: Path) -> None:
     """Fail early with a clear reason; PyAV's message for these cases is less helpful."""
     if not path.exists():
-        raise UnreadableMedia(f"{path}: file not found")
+        from imer.fsutil import dangling_symlink
+
+        raise UnreadableMedia(dangling_symlink(path) or f"{path}: file not found")
     if not path.is_file():
         raise UnreadableMedia(f"{path}: not a regular file")
     if path.stat().st_size == 0:

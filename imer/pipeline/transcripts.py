@@ -12,6 +12,12 @@ and ``where`` (the name its errors use, usually the file path).
 
 SRT goes through pysubs2. WebVTT is parsed here: pysubs2 drops ``<v>`` voices and keeps
 entities and inline timestamps, and the format is small and fully specified.
+
+A cue that cannot be placed in time is skipped, never guessed, and never fails the file: a timing
+line with a malformed timestamp (SRT, WebVTT), or a cue that ends before it starts (any timed
+format). Each kind of skip becomes one line in ``Transcript.warnings`` that names the file, the
+count and the first lines, e.g. "3 cues with malformed timestamps skipped in clip.srt (line 6:
+'00:00:0x,000 --> 00:00:03,000'; ...)". ``imer extract`` shows them in its summary.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ class Transcript:
     text: str | None
     cues: list[Cue] = field(default_factory=list)
     source: str = ""  # "sidecar:clip.srt"
+    warnings: list[str] = field(default_factory=list)  # cues skipped, one line each (see the module docstring)
 
 
 # -- text decoding ------------------------------------------------------------------------------
@@ -132,12 +139,78 @@ def clean_cue_text(raw: str) -> tuple[str, str | None]:
     return _SPACES.sub(" ", text).strip(), speaker
 
 
-def _finish(cues: list[Cue], source: str, text: str | None = None) -> Transcript:
-    """Drop cues with no duration, order by time, and join their text unless given."""
+_SHOWN = 3  # skipped cues quoted in a warning
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _skipped_warning(what: str, where: str, examples: list[str]) -> str:
+    """"3 cues with malformed timestamps skipped in clip.srt (line 6: '...'; ...; and 1 more)"."""
+    shown = "; ".join(examples[:_SHOWN]) + (f"; and {len(examples) - _SHOWN} more" if len(examples) > _SHOWN else "")
+    return f"{_plural(len(examples), 'cue')} {what} skipped in {where} ({shown})"
+
+
+def _clock(t: float) -> str:
+    ms = round(t * 1000)
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+
+def _finish(
+    cues: list[Cue], source: str, text: str | None = None, where: str | None = None, warnings: list[str] | None = None
+) -> Transcript:
+    """Drop cues with no duration (with a warning), order by time, and join their text unless given."""
     kept = sorted((c for c in cues if c.end > c.start), key=lambda c: (c.start, c.end))
+    warnings = list(warnings or [])
+    backwards = [f"{_clock(c.start)} --> {_clock(c.end)}" for c in cues if not c.end > c.start]
+    if backwards:
+        their = "its" if len(backwards) == 1 else "their"
+        warnings.append(_skipped_warning(f"ending at or before {their} start", where or source, backwards))
     if text is None:
         text = " ".join(c.text for c in kept if c.text)
-    return Transcript(text=text, cues=kept, source=source)
+    return Transcript(text=text, cues=kept, source=source, warnings=warnings)
+
+
+def _quote_line(number: int, line: str) -> str:
+    """"line 6: '00:00:0x,000 --> 00:00:03,000'" (a long line cut at 60 characters)."""
+    line = line.strip()
+    return f"line {number}: {line if len(line) <= 60 else line[:60] + '...'!r}"
+
+
+def _drop_malformed_srt(text: str) -> tuple[str, list[str]]:
+    """SRT text without the cues whose timing line does not hold two timestamps, and those lines.
+
+    pysubs2 treats such a line as text, so the cue (index, timing line and text) would be glued
+    onto the previous cue's text. A timing line is a line with ``-->`` at the start of a block
+    (after a blank line or a cue index), so an arrow in a cue's text is left alone. A cue runs
+    from its timing line to the next blank line; the index line just before it goes with it.
+    """
+    from pysubs2.formats.subrip import SubripFormat
+
+    lines = text.split("\n")
+
+    def block_start(k: int) -> bool:
+        return k == 0 or not lines[k - 1].strip()
+
+    drop: set[int] = set()
+    bad: list[str] = []
+    for i, line in enumerate(lines):
+        if "-->" not in line or len(SubripFormat.TIMESTAMP.findall(line)) == 2:
+            continue
+        indexed = i > 0 and lines[i - 1].strip().isdigit() and block_start(i - 1)
+        if not (indexed or block_start(i)):
+            continue
+        bad.append(_quote_line(i + 1, line))
+        if indexed:
+            drop.add(i - 1)
+        j = i
+        while j < len(lines) and lines[j].strip():
+            drop.add(j)
+            j += 1
+    if not bad:
+        return text, []
+    return "\n".join(ln for k, ln in enumerate(lines) if k not in drop), bad
 
 
 # -- formats ------------------------------------------------------------------------------------
@@ -147,6 +220,7 @@ def parse_srt(text: str, source: str = "srt", where: str | None = None) -> Trans
     """SubRip through pysubs2; it handles comma/period decimals, missing indices and ``<i>``."""
     import pysubs2
 
+    text, malformed = _drop_malformed_srt(text)
     try:
         subs = pysubs2.SSAFile.from_string(text, format_="srt")
     except Exception as e:  # pysubs2 raises several unrelated types on malformed input
@@ -157,7 +231,8 @@ def parse_srt(text: str, source: str = "srt", where: str | None = None) -> Trans
             continue
         plain, speaker = clean_cue_text(ev.text)
         cues.append(Cue(ev.start / 1000.0, ev.end / 1000.0, plain, speaker))
-    return _finish(cues, source)
+    warnings = [_skipped_warning("with malformed timestamps", where or source, malformed)] if malformed else []
+    return _finish(cues, source, where=where, warnings=warnings)
 
 
 _VTT_TIME = r"(?:(\d+):)?(\d{1,2}):(\d{2})[.,](\d{1,3})"
@@ -174,29 +249,35 @@ def parse_vtt(text: str, source: str = "vtt", where: str | None = None) -> Trans
     lines = text.split("\n")
     if not lines or not lines[0].lstrip("\ufeff").startswith("WEBVTT"):
         raise BadTranscript(f"{where or source}: not a WebVTT file (the first line must start with 'WEBVTT')")
-    blocks: list[list[str]] = []
+    blocks: list[tuple[int, list[str]]] = []  # (line number of the block's first line, its lines)
     cur: list[str] = []
-    for line in lines[1:]:
+    first = 0
+    for number, line in enumerate(lines[1:], 2):
         if line.strip():
+            if not cur:
+                first = number
             cur.append(line)
         elif cur:
-            blocks.append(cur)
+            blocks.append((first, cur))
             cur = []
     if cur:
-        blocks.append(cur)
+        blocks.append((first, cur))
     cues = []
-    for block in blocks:
+    malformed: list[str] = []
+    for first, block in blocks:
         timing_at = next((i for i, ln in enumerate(block[:2]) if "-->" in ln), None)
         if timing_at is None:
             continue  # header metadata, NOTE, STYLE, REGION
         m = _VTT_TIMING.match(block[timing_at])
         if m is None:
-            raise BadTranscript(f"{where or source}: bad cue timing line {block[timing_at]!r}")
+            malformed.append(_quote_line(first + timing_at, block[timing_at]))
+            continue
         g = m.groups()
         start, end = _vtt_seconds(*g[0:4]), _vtt_seconds(*g[4:8])
         plain, speaker = clean_cue_text("\n".join(block[timing_at + 1 :]))
         cues.append(Cue(start, end, plain, speaker))
-    return _finish(cues, source)
+    warnings = [_skipped_warning("with malformed timestamps", where or source, malformed)] if malformed else []
+    return _finish(cues, source, where=where, warnings=warnings)
 
 
 _START_KEYS = ("start", "start_time", "begin")
@@ -248,8 +329,8 @@ def parse_json(text: str, source: str = "json", where: str | None = None) -> Tra
         speaker = seg.get("speaker") or speaker
         cues.append(Cue(start_f, end_f, plain, str(speaker) if speaker is not None else None))
     if isinstance(whole, str):
-        return _finish(cues, source, text=whole.strip())
-    return _finish(cues, source)
+        return _finish(cues, source, text=whole.strip(), where=where)
+    return _finish(cues, source, where=where)
 
 
 def parse_txt(text: str, source: str = "txt", where: str | None = None) -> Transcript:

@@ -76,8 +76,10 @@ def test_vtt_blocks_voices_entities():
 def test_vtt_errors():
     with pytest.raises(BadTranscript, match="WEBVTT"):
         parse_vtt("00:00.000 --> 00:01.000\nhi\n")
-    with pytest.raises(BadTranscript, match="timing"):
-        parse_vtt("WEBVTT\n\n00:00 --> 00:01.000\nhi\n")
+    # A malformed cue timing no longer fails the file: the cue is skipped with a warning.
+    tr = parse_vtt("WEBVTT\n\n00:00 --> 00:01.000\nhi\n", where="x.vtt")
+    assert (tr.cues, tr.text) == ([], "")
+    assert tr.warnings == ["1 cue with malformed timestamps skipped in x.vtt (line 3: '00:00 --> 00:01.000')"]
 
 
 def test_json_shapes():
@@ -153,3 +155,74 @@ def test_vtt_round_trip(cues):
     assert [(c.start, c.end, c.text) for c in tr.cues] == [
         (pytest.approx(c.start), pytest.approx(c.end), c.text) for c in expected
     ]
+
+
+# ---------------------------------------------------------------------- cues that are skipped say so
+# Issue: "an SRT with malformed timestamps is parsed silently with no word about the cues it dropped".
+MALFORMED_SRT = (
+    "1\n00:00:01,000 --> 00:00:02,000\none\n\n"
+    "2\n00:00:0x,000 --> 00:00:03,000\ntwo\n\n"  # a letter in the start
+    "3\n00:00:04,000 --> 00:00:05,000\nthree\n\n"
+    "4\n00:00:06 --> 00:00:07,000\nfour\n\n"  # no milliseconds
+    "5\n1:2 --> 3:4\nfive\n\n"  # not a timestamp at all
+    "6\n00:00:08,000 --> 00:00:09,000\nsix\n"
+)
+
+
+def test_srt_malformed_timestamps_are_skipped_and_counted(tmp_path):
+    (tmp_path / "clip.srt").write_text(MALFORMED_SRT)
+    tr = load_transcript(tmp_path / "clip.mp4")
+    # The good cues keep their own text: pysubs2 alone glued a bad cue (index, timing line and
+    # text) onto the previous cue's text ("one 2 00:00:0x,000 --> 00:00:03,000 two").
+    assert tr.cues == [Cue(1.0, 2.0, "one"), Cue(4.0, 5.0, "three"), Cue(8.0, 9.0, "six")]
+    assert tr.text == "one three six"
+    assert tr.warnings == [
+        f"3 cues with malformed timestamps skipped in {tmp_path / 'clip.srt'} (line 6: '00:00:0x,000 --> 00:00:03,000'; "
+        "line 14: '00:00:06 --> 00:00:07,000'; line 18: '1:2 --> 3:4')"
+    ]
+
+
+def test_well_formed_srt_has_no_warnings():
+    tr = parse_srt("1\n00:00:01,000 --> 00:00:02,000\none\n\n2\n00:00:03,000 --> 00:00:04,000\n42\n")
+    assert tr.warnings == [] and [c.text for c in tr.cues] == ["one", "42"]
+
+
+def test_more_than_three_skipped_cues_are_counted_not_all_quoted():
+    srt = "".join(f"{k}\n00:00:{k:02d},000 --> bad\ncue {k}\n\n" for k in range(1, 6))
+    tr = parse_srt(srt + "6\n00:00:07,000 --> 00:00:08,000\nok\n", where="many.srt")
+    assert [c.text for c in tr.cues] == ["ok"]
+    (w,) = tr.warnings
+    assert w.startswith("5 cues with malformed timestamps skipped in many.srt (line 2: '00:00:01,000 --> bad'; ")
+    assert w.endswith("; and 2 more)")
+
+
+def test_vtt_malformed_timing_is_skipped_not_fatal():
+    vtt = "WEBVTT\n\n00:00.500 --> 00:01.000\nfirst\n\nid-2\n00:01 --> 00:02.000\nbad\n\n00:03.000 --> 00:04.000\nlast\n"
+    tr = parse_vtt(vtt, where="talk.vtt")
+    assert [c.text for c in tr.cues] == ["first", "last"]
+    assert tr.warnings == ["1 cue with malformed timestamps skipped in talk.vtt (line 7: '00:01 --> 00:02.000')"]
+
+
+@pytest.mark.parametrize(
+    "parse, text",
+    [
+        (parse_srt, "1\n00:00:01,000 --> 00:00:02,000\nok\n\n2\n00:00:05,000 --> 00:00:04,000\nbackwards\n\n"
+                    "3\n00:00:06,000 --> 00:00:06,000\nzero\n"),
+        (parse_vtt, "WEBVTT\n\n00:01.000 --> 00:02.000\nok\n\n00:05.000 --> 00:04.000\nbackwards\n\n"
+                    "00:06.000 --> 00:06.000\nzero\n"),
+        (parse_json, '[{"start": 1, "end": 2, "text": "ok"}, {"start": 5, "end": 4, "text": "backwards"}, '
+                     '{"start": 6, "end": 6, "text": "zero"}]'),
+    ],
+)
+def test_cues_ending_before_they_start_are_skipped_with_a_warning(parse, text):
+    tr = parse(text, where="subs")
+    assert [c.text for c in tr.cues] == ["ok"]
+    assert tr.warnings == [
+        "2 cues ending at or before their start skipped in subs "
+        "(00:00:05.000 --> 00:00:04.000; 00:00:06.000 --> 00:00:06.000)"
+    ]
+
+
+def test_an_arrow_inside_cue_text_is_text_not_a_timing_line():
+    tr = parse_srt("1\n00:00:01,000 --> 00:00:02,000\nleft --> right\n\n2\n00:00:03,000 --> 00:00:04,000\nnext\n")
+    assert [c.text for c in tr.cues] == ["left --> right", "next"] and tr.warnings == []
