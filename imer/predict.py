@@ -116,8 +116,12 @@ class Predictor:
         transcript: str | Path | None = None,
         start: float | None = None,
         end: float | None = None,
+        warnings: list[str] | None = None,
     ):
-        """Paths (files or folders) -> utterances; one per media file unless start/end cut it."""
+        """Paths (files or folders) -> utterances; one per media file unless start/end cut it.
+
+        ``warnings`` receives what discovery noticed on the way (sidecar cues skipped for
+        malformed times, symlinks whose target does not exist)."""
         from imer.pipeline.ingest import discover
         from imer.pipeline.manifest import Utterance
 
@@ -137,10 +141,7 @@ class Predictor:
         utts = []
         seen: dict[str, int] = {}
         for p in paths or []:
-            p = Path(p)
-            if not p.exists():
-                raise BadInput(f"{p}: no such file or folder")
-            for u in discover(p, cues_as_utterances=False):
+            for u in discover(Path(p), cues_as_utterances=False, warnings=warnings):  # says why a path is unusable
                 # Ids are relative to each given path: the same name under two paths gets a suffix.
                 k = seen.get(u.id, 0)
                 seen[u.id] = k + 1
@@ -168,8 +169,11 @@ class Predictor:
         start: float | None = None,
         end: float | None = None,
         progress=None,
+        warnings: list[str] | None = None,
     ) -> list[Prediction]:
-        """Predict every utterance found in ``paths`` (or ``text`` alone); ``disable`` ⊆ {audio, text, video}."""
+        """Predict every utterance found in ``paths`` (or ``text`` alone); ``disable`` ⊆ {audio, text, video}.
+
+        ``warnings`` (a list to fill) receives discovery's warnings: see :meth:`utterances`."""
         from imer.extractors.run import ExtractConfig, extract_features
         from imer.fusion.data import TensorData
         from imer.fusion.evaluation import default_batch_size, predict_outputs
@@ -180,7 +184,7 @@ class Predictor:
         if bad:
             raise BadInput(f"cannot switch off {bad}: streams are {sorted(valid)}")
         off = {Modality(d) for d in disable}
-        utts = self.utterances(paths, text, transcript, start, end)
+        utts = self.utterances(paths, text, transcript, start, end, warnings)
         active = {m: ex for m, ex in self.extractors.items() if m not in off}
         cfg = ExtractConfig(
             backends={m: (ex.name if m in active else None) for m, ex in self.extractors.items()},

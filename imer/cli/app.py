@@ -396,16 +396,19 @@ def predict(
     disable = {m for m, off in (("audio", no_audio), ("text", no_text), ("video", no_video)) if off}
     _set_threads(threads)
     predictor = Predictor(model, device=device, cache_dir=cache, disable=disable)
+    warnings: list[str] = []
     with ProgressDisplay(quiet=as_json) as prog:
-        results = predictor.predict(paths or [], disable=disable, text=text, transcript=transcript, start=start, end=end, progress=prog)
+        results = predictor.predict(paths or [], disable=disable, text=text, transcript=transcript, start=start, end=end,
+                                    progress=prog, warnings=warnings)
     if as_json:
         from imer.cli.render import clean_nans, print_json
 
-        print_json(clean_nans({"model": str(model), "predictions": [r.to_dict() for r in results]}))
+        print_json(clean_nans({"model": str(model), "predictions": [r.to_dict() for r in results], "warnings": warnings}))
         return
-    from imer.cli.render import out_console, predictions_table
+    from imer.cli.render import out_console, predictions_table, print_extract_warnings
 
     out_console.print(predictions_table(results))
+    print_extract_warnings({"warnings": warnings})
 
 
 @app.command()

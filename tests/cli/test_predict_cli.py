@@ -40,7 +40,8 @@ def _predict(models, *args, model=None) -> dict:
     r = runner.invoke(app, ["predict", *map(str, args), "--model", str(model or models.concat), "--device", "cpu", "--json"])
     assert r.exit_code == 0, r.output + repr(r.exception)
     out = json.loads(r.stdout)  # stdout carries nothing but the JSON document
-    assert set(out) == {"model", "predictions"}
+    assert set(out) == {"model", "predictions", "warnings"}
+    assert isinstance(out["warnings"], list)
     for p in out["predictions"]:
         _check_documented(p, models.label_names)
     return out
@@ -138,6 +139,23 @@ def test_folder_and_many_paths_one_row_each(models, tmp_path):
     preds = _predict(models, folder, models.silent)["predictions"]
     assert [p["id"] for p in preds] == ["a", "b", models.silent.stem]
     assert [p["streams"]["video"]["reason"] for p in preds] == ["present", "no_video_track", "present"]
+
+
+def test_discovery_warnings_reach_the_output(models, tmp_path):
+    """A sidecar with malformed cue times is said so (JSON and table); a link to nowhere says why."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    shutil.copyfile(models.clip, folder / "a.mp4")
+    (folder / "a.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nhello\n\n2\n00:00:0x,000 --> 00:00:02,000\nbad\n")
+    out = _predict(models, folder)
+    assert len(out["predictions"]) == 1
+    assert any("1 cue with malformed timestamps skipped" in w and "a.srt" in w for w in out["warnings"]), out["warnings"]
+    r = runner.invoke(app, ["predict", str(folder), "--model", str(models.concat), "--device", "cpu"])
+    assert r.exit_code == 0 and "warning:" in r.stdout and "malformed timestamps" in " ".join(r.stdout.split())
+    link = tmp_path / "gone.mp4"
+    link.symlink_to(tmp_path / "never-there.mp4")
+    r = runner.invoke(app, ["predict", str(link), "--model", str(models.concat), "--json"])
+    assert isinstance(r.exception, BadInput) and "target of symlink" in str(r.exception)
 
 
 def test_human_table_prints(models):
