@@ -138,6 +138,16 @@ class FusionMethod(nn.Module):
         """The optimiser this method trains with (see :meth:`declared_optimizer`)."""
         return self.declared_optimizer(self.config)
 
+    # -- what evaluation reports besides metrics (e.g. MoMKE's expert load) ---
+    def summary_sums(self, out: MethodOutput, batch: Batch) -> dict[str, torch.Tensor]:
+        """Per-batch sums of fixed shape, left on the device, that evaluation adds up over a
+        split (one host copy at the end, not one per batch); ``{}``: nothing to report."""
+        return {}
+
+    def summarize(self, sums: dict[str, "np.ndarray"]) -> dict:
+        """A split's added-up :meth:`summary_sums` -> a JSON-ready summary (``imer evaluate --json``)."""
+        return {}
+
     # -- helpers shared by all methods ---------------------------------------
     @staticmethod
     def masked_inputs(batch: Batch) -> dict[str, torch.Tensor]:

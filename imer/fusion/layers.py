@@ -29,13 +29,14 @@ class MaskedSelfAttention(nn.Module):
     visible key at all, and must contribute nothing.
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, out_proj: bool = True):
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention dim {dim} is not divisible by {heads} heads")
         self.heads = heads
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
+        # out_proj=False: the heads' concatenated values are the output (MoMKE's released code)
+        self.out = nn.Linear(dim, dim) if out_proj else nn.Identity()
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
