@@ -283,7 +283,7 @@ def library_state() -> dict:
     """Commit and uncommitted library files: the defaults measured are the working tree's."""
     def git(*a: str) -> str:
         try:
-            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.rstrip()  # not strip(): porcelain lines start with a space
         except (OSError, subprocess.SubprocessError):
             return ""
 

@@ -154,7 +154,7 @@ class StepLoop:
         self.method, self.train_fs, self.cfg, self.device, self.stage = method, train_fs, cfg, device, stage
         self.train = TensorData(train_fs, device)
         self.mode = cfg.batch_mode or method.default_batch_mode
-        self.bs = cfg.batch_size or default_batch_size(self.mode)
+        self.bs = cfg.batch_size or default_batch_size(self.mode, self.train.mean_dialogue_len)
         self.step_model = step_model
         self.autocast_ctx, amp_dtype = autocast(device, cfg.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)

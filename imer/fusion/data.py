@@ -129,6 +129,7 @@ class TensorData:
         # waits for the device; only the finished index goes over, asynchronously.
         self._dialogue_index_host = mat
         self._dialogue_lengths_host = (mat >= 0).sum(1)
+        self.mean_dialogue_len = float(self._dialogue_lengths_host.mean()) if len(groups) else 0.0
         self.dialogue_index = torch.from_numpy(mat).to(self.device)
 
     def padded_mask(self, protocol_mask) -> "object":

@@ -34,7 +34,7 @@ class TrainConfig:
     # Selection scores (and the bundle keeps) an exponential moving average of the weights with
     # this half-life in epochs; 0 = the raw weights of the best epoch. See trainer.WeightAverage.
     ema_half_life: float = 0.0
-    batch_size: int | None = None  # default: 32 dialogues or 256 utterances
+    batch_size: int | None = None  # default: 256 utterances, or 32 dialogues holding at least ~256 utterances
     batch_mode: Literal["dialogue", "utterance"] | None = None  # default: the method's
     patience: int | None = 30  # epochs without improvement before a stage stops; None = never
     seed: int = 0

@@ -54,6 +54,8 @@ class TrainResult:
     steps: int = 0  # optimiser steps over all stages (compare methods at equal steps or at convergence)
     warnings: list[str] = field(default_factory=list)  # e.g. a stage whose best epoch is at its very end
     lr: float = 0.0  # the learning rate used (the run's, else the method's declared one)
+    batch_mode: str = ""  # "dialogue" or "utterance", as trained
+    batch_size: int = 0  # dialogues or utterances per batch, as trained (the run's, else the data-sized default)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -212,14 +214,15 @@ def fit(
     train = TensorData(train_fs, device)
     select = TensorData(sel_fs, device)
     mode = cfg.batch_mode or method.default_batch_mode
-    bs = cfg.batch_size or default_batch_size(mode)
+    bs = cfg.batch_size or default_batch_size(mode, train.mean_dialogue_len)
     method.to(device)
     step_model = torch.compile(method, dynamic=True, backend=cfg.compile_backend) if cfg.compile else method
     autocast_ctx, amp_dtype = autocast(device, cfg.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     key = primary_metric(method.task)
     budget = stage_epochs(method, cfg)
-    result = TrainResult(device=str(device), selection_split=sel_name, metric=key, lr=learning_rate(method, cfg))
+    result = TrainResult(device=str(device), selection_split=sel_name, metric=key, lr=learning_rate(method, cfg),
+                         batch_mode=mode, batch_size=bs)
     start = time.perf_counter()
     global_epoch = 0
     for stage, n_epochs in zip(method.stages, budget):

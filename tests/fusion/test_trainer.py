@@ -289,3 +289,24 @@ def test_regression_progress_names_acc2():
     epochs = [e for e in events if e.done > 0]
     assert res.metric == "Acc2" and len(epochs) == 2
     assert all(isinstance(e, ProgressEvent) and e.info["metric"] == "Acc2" for e in epochs)
+
+
+def test_default_dialogue_batch_holds_at_least_256_utterances():
+    """32 dialogues on long-dialogue data; on one-utterance dialogues (RAVDESS-like) 256 of them."""
+    from imer.fusion.evaluation import default_batch_size
+
+    assert default_batch_size("utterance") == 256
+    assert default_batch_size("dialogue", 49.0) == 32  # IEMOCAP-like: unchanged
+    assert default_batch_size("dialogue", 1.0) == 256
+    assert default_batch_size("dialogue", 4.0) == 64
+    assert default_batch_size("dialogue", 0.0) == 32  # no data: the plain default
+
+
+def test_trainer_records_the_batch_it_used():
+    fs = make_featureset(n_dialogues=60, length=(1, 1), seed=0)
+    fs = Normalizer.fit(fs.split("train")).apply(fs)
+    m = _model("concat", fs)
+    res = _fit(m, fs, TrainConfig(epochs=1, lr=3e-3, patience=None, batch_mode="dialogue"))
+    assert (res.batch_mode, res.batch_size) == ("dialogue", 256)
+    res = _fit(_model("concat", fs), fs, TrainConfig(epochs=1, lr=3e-3, patience=None, batch_mode="dialogue", batch_size=8))
+    assert res.batch_size == 8
