@@ -13,6 +13,9 @@ stand-ins come from sources training never uses).
     python benchmarks/fusion_mr_table.py --train-missing-rate 0.3       # the paper's protocol: one training MR
     python benchmarks/fusion_mr_table.py --device cuda --epochs 300 --patience 0   # the official run length
     python benchmarks/fusion_mr_table.py --per-rate                     # one model per MR (paper protocol)
+    python benchmarks/fusion_mr_table.py --methods momke --per-condition   # MoMKE Table 2: one model per condition
+    python benchmarks/fusion_mr_table.py --methods momke --per-condition --selection test   # ... as the official code selects
+    python benchmarks/fusion_mr_table.py --methods momke --ablations   # MoMKE Table 3 rows (one mixed-MR model each)
 
 Audio and video in this store are STAND-INS (eGeMAPS of RAVDESS / HOG of FER2013 faces with
 the same emotion; see build_iemocap_standin.py). Text is real (MiniLM on IEMOCAP transcripts).
@@ -38,7 +41,7 @@ from imer.devices import resolve_device  # noqa: E402
 from imer.fusion.trainer import TrainConfig  # noqa: E402
 
 
-def run_one(method: str, fs, train_rate: float | None, args) -> dict:
+def run_one(method: str, fs, train_rate: float | None, args, condition: str | None = None) -> dict:
     options = json.loads(args.options) if args.options else {}
     base = TrainConfig()
     cfg = TrainConfig(
@@ -50,13 +53,14 @@ def run_one(method: str, fs, train_rate: float | None, args) -> dict:
         seed=args.seed,
         device=args.device,
         missing_rate=train_rate,
+        condition=condition,
         selection=args.selection,
     )
     t0 = time.perf_counter()
     res = run_experiment(
         fs, method, cfg, options,
-        rates=(train_rate,) if args.per_rate else MISSING_RATES,
-        conditions=() if args.per_rate else CONDITIONS,
+        rates=(train_rate,) if args.per_rate else () if condition else MISSING_RATES,
+        conditions=() if args.per_rate else (condition,) if condition else CONDITIONS,
         mask_seeds=tuple(range(args.mask_seeds)),
     )
     total = time.perf_counter() - t0
@@ -80,6 +84,92 @@ ABLATION_ROWS = [
     (True, True, False, True),
     (True, True, True, True),
 ]
+
+
+# MoMKE paper, Table 2 (IEMOCAP-4, WA/UA %, one model per condition, test-selected) and Table 3
+# (ablations, same protocol); methods-notes §2.6. Keys: the condition ("a" ... "atv").
+MOMKE_PAPER = {
+    "MoMKE": {"a": (70.32, 71.38), "t": (77.82, 78.37), "v": (58.60, 54.70), "av": (68.85, 67.65),
+              "at": (79.89, 79.53), "tv": (77.87, 77.84), "atv": (80.13, 79.99)},
+    "no expert pre-training": {"a": (67.89, 68.56), "t": (75.30, 76.54), "v": (56.97, 53.09), "av": (66.58, 65.91),
+                               "at": (77.36, 77.93), "tv": (76.99, 76.81), "atv": (77.62, 77.47)},
+    "no mixing": {"a": (67.88, 67.91), "t": (75.74, 75.34), "v": (56.87, 53.37), "av": (66.65, 65.46),
+                  "at": (77.25, 78.33), "tv": (76.99, 76.93), "atv": (77.17, 77.80)},
+    "no router": {"a": (68.32, 69.03), "t": (76.22, 76.30), "v": (57.00, 53.70), "av": (67.10, 66.32),
+                  "at": (78.78, 78.53), "tv": (77.00, 77.21), "atv": (78.78, 78.23)},
+}
+# ComP paper Table 1: the ComP authors' re-run of MoMKE under random MR 0.1-0.7 (IEMOCAP-4, Acc/UA).
+MOMKE_RANDOM_MR = {0.1: (76.70, 75.80), 0.2: (75.25, 74.02), 0.3: (73.47, 72.59), 0.4: (71.42, 70.25),
+                   0.5: (69.73, 68.95), 0.6: (67.95, 66.60), 0.7: (66.52, 65.53)}
+MOMKE_ABLATIONS = {
+    "MoMKE": {},
+    "no expert pre-training": {"pretrain_experts": False},
+    "no mixing": {"mixing": False},
+    "no router": {"router": "uniform"},
+}
+TABLE2_ORDER = ("a", "t", "v", "av", "at", "tv")  # the paper's columns; Avg = mean of these six
+
+
+def condition_table(by_cond: dict[str, tuple[float, float]], paper: dict | None = None) -> str:
+    """The seven-condition table (WA/UA), six-condition average as the paper computes it."""
+    head = f"{'':<10}" + "".join(f"{'{' + ','.join(c) + '}':>13}" for c in TABLE2_ORDER) + f"{'Avg(6)':>13}{'{a,t,v}':>13}"
+    def line(name: str, vals: dict) -> str:
+        cells = [f"{vals[c][0]:>6.2f}/{vals[c][1]:<6.2f}" if c in vals else f"{'-':>13}" for c in TABLE2_ORDER]
+        six = [vals[c] for c in TABLE2_ORDER if c in vals]
+        avg = f"{sum(v[0] for v in six) / len(six):>6.2f}/{sum(v[1] for v in six) / len(six):<6.2f}" if len(six) == 6 else f"{'-':>13}"
+        last = f"{vals['atv'][0]:>6.2f}/{vals['atv'][1]:<6.2f}" if "atv" in vals else f"{'-':>13}"
+        return f"{name:<10}" + "".join(cells) + avg + last
+    out = [head, line("imer", by_cond)]
+    if paper:
+        out.append(line("paper", paper))
+    return "\n".join(out)
+
+
+def expert_load(rows: list[dict]) -> str:
+    """MoMKE's router weights per condition: input modality -> (audio, text, video) experts."""
+    lines = []
+    for r in rows:
+        load = r.get("summary", {}).get("expert_load")
+        if not load:
+            continue
+        name = f"MR {r['missing_rate']:.1f}" if r["condition"] is None else "{" + ",".join(r["condition"]) + "}"
+        cells = "  ".join(f"{m[0]}->" + "/".join(f"{load[m][e]:.2f}" for e in ("audio", "text", "video")) for m in load)
+        lines.append(f"  {name:<8} {cells}")
+    return ("expert load (input -> weight of the a/t/v experts):\n" + "\n".join(lines)) if lines else ""
+
+
+def run_per_condition(method: str, fs, args, results: list, label: str = "") -> dict[str, tuple[float, float]]:
+    """One model per fixed condition, trained and tested under it (MoMKE's Table 2 protocol)."""
+    by_cond = {}
+    for cond in CONDITIONS:
+        res = run_one(method, fs, None, args, condition=cond)
+        res["per_condition"] = cond
+        res["variant"] = label or method
+        results.append(res)
+        row = res["rows"][0]
+        by_cond[cond] = (100 * row["WA"], 100 * row["UA"])
+        print(f"  [{label or method} trained and tested on {{{','.join(cond)}}}] WA {by_cond[cond][0]:.2f} UA {by_cond[cond][1]:.2f}; "
+              f"{res['epochs_run']} epochs, {res['steps']} steps, {res['seconds']:.0f} s; {convergence(res)}")
+    return by_cond
+
+
+def run_momke_ablations(fs, args, results: list) -> None:
+    """MoMKE's Table 3 rows, each one model under --train-missing-rate (default: mixed MR),
+    evaluated on the seven conditions and the MR table."""
+    base = json.loads(args.options) if args.options else {}
+    trained = f"MR {args.train_missing_rate:.1f}" if args.train_missing_rate is not None else "mixed MR 0.0-0.7"
+    print(f"\n[momke ablations] one model per row, trained under {trained} (the paper trains one per condition)")
+    for name, opts in MOMKE_ABLATIONS.items():
+        args.options = json.dumps({**base, **opts})
+        res = run_one("momke", fs, args.train_missing_rate, args)
+        res["ablation"] = name
+        results.append(res)
+        conds = {r["condition"]: (100 * r["WA"], 100 * r["UA"]) for r in res["rows"] if r["condition"] is not None}
+        mr = {r["missing_rate"]: 100 * r["WA"] for r in res["rows"] if r["condition"] is None}
+        print(f"\n  {name}: {res['epochs_run']} epochs, {res['steps']} steps, {res['seconds']:.0f} s; {convergence(res)}")
+        print("  " + condition_table(conds, MOMKE_PAPER[name]).replace("\n", "\n  "))
+        print("  WA at MR 0.0/0.3/0.5/0.7: " + " / ".join(f"{mr[r]:.2f}" for r in (0.0, 0.3, 0.5, 0.7)))
+    args.options = json.dumps(base)
 
 
 def run_ablations(fs, args, results: list) -> None:
@@ -136,7 +226,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--options", default="", help="JSON of method options, applied to every method")
-    ap.add_argument("--ablations", action="store_true", help="ComP's Table 3: train comp with each KP/PG/Cr/GM row")
+    ap.add_argument("--ablations", action="store_true", help="Table 3 of the method: comp's KP/PG/Cr/GM rows, or momke's (no pre-training, no mixing, no router) with --methods momke")
+    ap.add_argument("--per-condition", action="store_true", help="train one model per fixed condition and test it there (MoMKE's Table 2 protocol)")
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -156,7 +247,24 @@ def main() -> None:
     print(f"selection on: {args.selection}" + ("  (official protocol: optimistic)" if args.selection == "test" else ""))
     results = []
     if args.ablations:
-        run_ablations(fs, args, results)
+        if args.methods.split(",") == ["momke"]:
+            run_momke_ablations(fs, args, results)
+        else:
+            run_ablations(fs, args, results)
+        if args.json_out:
+            args.json_out.parent.mkdir(parents=True, exist_ok=True)
+            args.json_out.write_text(json.dumps(results, indent=2, default=str))
+        return
+    if args.per_condition:
+        print("one model per condition, trained and tested under it; compared at convergence (same TrainConfig, early stopping)")
+        for method in args.methods.split(","):
+            print(f"\n[{method}] seven condition-matched models (WA/UA %)")
+            by_cond = run_per_condition(method, fs, args, results)
+            paper = MOMKE_PAPER["MoMKE"] if method == "momke" else None
+            print(condition_table(by_cond, paper))
+            if paper:
+                print("paper: MoMKE Table 2, IEMOCAP-4 real wav2vec/DeBERTa/MA-Net features, 5-fold, test-selected; "
+                      "imer: this store (stand-in audio/video), its own test split, selected on " + args.selection)
         if args.json_out:
             args.json_out.parent.mkdir(parents=True, exist_ok=True)
             args.json_out.write_text(json.dumps(results, indent=2, default=str))
@@ -178,6 +286,12 @@ def main() -> None:
             print(f"  convergence: {convergence(res)}")
             if not args.per_rate:
                 print(fmt(res["rows"]))
+                load = expert_load(res["rows"])
+                if load:
+                    print(load)
+                if method == "momke" and rate is None:
+                    print("  beside: ComP paper Table 1, MoMKE re-run under random MR (real IEMOCAP features; one model per MR), WA/UA: "
+                          + ", ".join(f"{r:.1f} {a:.2f}/{u:.2f}" for r, (a, u) in MOMKE_RANDOM_MR.items()))
         if args.per_rate:
             print(f"\n[{method}] one model per MR, each tested at its own MR:")
             print(fmt(per_method_rows))

@@ -44,6 +44,9 @@ def results_table(rows: list[dict], metrics: tuple[str, ...], title: str) -> Tab
     for k in metrics:
         t.add_column(k, justify="right")
     percent = {"WA", "UA", "F1", "Acc2", "Acc7", "Acc2_has0", "F1_has0"}
+    loads = any(r.get("summary", {}).get("expert_load") for r in rows)
+    if loads:  # MoMKE: mean router weight of the audio/text/video experts, per input modality
+        t.add_column("expert load: input -> a/t/v experts")
     for r in rows:
         name = f"MR {r['missing_rate']:.1f}" if r["condition"] is None else f"{{{','.join(r['condition'])}}}"
         cells = []
@@ -53,6 +56,9 @@ def results_table(rows: list[dict], metrics: tuple[str, ...], title: str) -> Tab
                 cells.append(f"{100 * v:.2f}" + (f" ± {100 * s:.2f}" if s else ""))
             else:
                 cells.append(f"{v:.3f}" + (f" ± {s:.3f}" if s else ""))
+        if loads:
+            load = r.get("summary", {}).get("expert_load", {})
+            cells.append("  ".join(f"{m[0]}->" + "/".join(f"{w:.2f}" for w in load[m].values()) for m in load))
         t.add_row(name, f"{r['achieved_missing_rate']:.3f}", *cells)
     return t
 

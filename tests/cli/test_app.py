@@ -70,7 +70,7 @@ def test_extractors_json_lists_registered_extractors():
     assert {n for n, r in by_name.items() if r["default"]} == set(OFFLINE_DEFAULTS.values())
 
 
-@pytest.mark.parametrize("method", ["concat", "comp"])
+@pytest.mark.parametrize("method", ["concat", "comp", "momke"])
 def test_train_then_evaluate(store, tmp_path, method):
     out = tmp_path / "model"
     args = ["train", "--data", str(store), "--method", method, "--model", str(out), "--epochs", "4",
@@ -90,6 +90,13 @@ def test_train_then_evaluate(store, tmp_path, method):
         assert 0.0 <= row["WA"] <= 1.0 and 0.0 <= row["UA"] <= 1.0
     mr7 = next(r for r in res["rows"] if r["protocol"] == "mr0.7")
     assert mr7["achieved_missing_rate"] == pytest.approx(2 / 3, abs=1e-9)
+    if method == "momke":  # the expert load per condition (the paper's Fig. 3)
+        load = next(r for r in res["rows"] if r["protocol"] == "cond-at")["summary"]["expert_load"]
+        assert set(load) == {"audio", "text"} and sum(load["text"].values()) == pytest.approx(1.0, abs=1e-3)
+        shown = runner.invoke(app, ["evaluate", "--model", str(out), "--data", str(store), "--mask-seeds", "1"])
+        assert shown.exit_code == 0 and "expert load" in _flat(shown.output)
+    else:
+        assert all("summary" not in r for r in res["rows"])
     bundle = json.loads((out / "config.json").read_text())
     assert bundle["version"] == 2
     assert bundle["method"] == method and bundle["features"]["audio"]["name"] == "synthetic"
