@@ -269,10 +269,10 @@ if [ -z "$STORE" ]; then
   skip_step mr_table "no IEMOCAP-4 stand-in store (run python benchmarks/make_gpu_payload.py and carry gpu-payload)"
 elif [ "$DRY" = 1 ]; then
   run_step mr_table "$BUDGET" "$PY" benchmarks/fusion_mr_table.py --store "$STORE" --device "$DEVICE" "${THREADS[@]}" \
-    --epochs 2 --patience 0 --mask-seeds 1 --json-out "$OUT/mr_table.json"
+    --methods concat,comp,momke --epochs 2 --patience 0 --mask-seeds 1 --json-out "$OUT/mr_table.json"
 else
   run_step mr_table "$BUDGET" "$PY" benchmarks/fusion_mr_table.py --store "$STORE" --device "$DEVICE" \
-    --json-out "$OUT/mr_table.json"
+    --methods concat,comp,momke --json-out "$OUT/mr_table.json"
 fi
 
 # 3. extraction throughput (paper stack, random init) against the decode-only ceiling

@@ -259,7 +259,10 @@ def test_a_bad_declaration_is_a_clear_error():
 SYNC_OPS = {"aten::nonzero", "aten::item", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::masked_select"}
 
 
-@pytest.mark.parametrize("method, mode", [("comp", "dialogue"), ("comp", "utterance"), ("concat", "utterance")])
+@pytest.mark.parametrize(
+    "method, mode",
+    [("comp", "dialogue"), ("comp", "utterance"), ("concat", "utterance"), ("momke", "dialogue"), ("momke", "utterance")],
+)
 def test_a_training_step_makes_no_host_sync(method, mode):
     """Batch building, forward, loss, backward and clipping: none of the ops that make the host
     wait for the device (``nonzero`` from boolean indexing, ``item`` from ``.any()``/``float()``)
@@ -273,7 +276,7 @@ def test_a_training_step_makes_no_host_sync(method, mode):
     fs = Normalizer.fit(fs.split("train")).apply(fs)
     train = fs.split("train")
     seed_everything(0)
-    m = build_method(method, fs.dims, fs.task, {"hidden": 16, "heads": 2} if method == "comp" else {"hidden": 16}, {"max_dialogue_len": 10, "batch_mode": mode})
+    m = build_method(method, fs.dims, fs.task, {"hidden": 16, "heads": 2} if method != "concat" else {"hidden": 16}, {"max_dialogue_len": 10, "batch_mode": mode})
     cfg = TrainConfig(device="cpu")
     for stage in m.stages:
         m.begin_stage(stage)
@@ -295,6 +298,23 @@ def test_a_training_step_makes_no_host_sync(method, mode):
         ops = {e.key for e in prof.key_averages()}
         assert not ops & SYNC_OPS, f"{method} {stage} ({mode}): host syncs {sorted(ops & SYNC_OPS)}"
         assert torch.isfinite(losses["total"].detach())
+
+
+def test_evaluation_summaries_make_no_host_sync_per_batch():
+    """MoMKE's expert load is summed on the device batch after batch; the host reads it once."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fs = make_featureset(n_dialogues=12, noise=1.0, seed=1)
+    m = build_method("momke", fs.dims, fs.task, {"hidden": 16, "heads": 2, "depth": 1}).eval()
+    data = TensorData(fs)
+    batches = list(data.iterate("dialogue", 4, shuffle=False))
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        total = None
+        for batch in batches:
+            sums = m.summary_sums(m(batch), batch)
+            total = sums if total is None else {k: total[k] + v for k, v in sums.items()}
+    assert len(batches) > 1 and set(total) == {"router_weight_sum", "router_count"}
+    assert not {e.key for e in prof.key_averages()} & SYNC_OPS
 
 
 def test_masked_losses_equal_the_losses_over_the_selected_positions():
