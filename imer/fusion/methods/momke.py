@@ -1,7 +1,8 @@
 """MoMKE — Mixture of Modality Knowledge Experts for incomplete multimodal emotion recognition.
 
-Xu, Jiang & Liang, ACM MM 2024 (arXiv 2407.xxxx, ``../shared/seeds/momke-paper.txt``); official
-code: github wxxv/MoMKE (read at ``2dceb57``; ``methods-notes.md`` §2 maps it line by line).
+Xu, Jiang & Liang, "Leveraging Knowledge of Modality Experts for Incomplete Multimodal
+Learning", ACM MM 2024; official code: github wxxv/MoMKE (read at ``2dceb57``; the project's
+methods notes, §2, map it line by line).
 
 What is implemented, with the paper's equation numbers:
 
@@ -18,7 +19,9 @@ What is implemented, with the paper's equation numbers:
   gives ``w^m = softmax(S^m)`` over the experts (eq. 20, K = N: no top-k); ``R^m = sum_k w_k^m
   R_k^m`` (eq. 21); ``R^m`` of an absent modality is exactly zero (Fig. 2); the three ``R^m``
   are concatenated and classified (eq. 22; head: Departures 5). Loss: the fused task loss
-  only (eq. 11); everything trains (§3.5 "the Soft Router and all the experts are trainable").
+  only (eq. 11); the projections, experts, routers and fusion head all train (§3.5 "the Soft
+  Router and all the experts are trainable"); the unimodal heads are not part of this model and
+  are frozen (they would get no gradient anyway).
 * **Outputs**: ``aux["router_weights"]`` ``[B, L, 3, 3]`` (input modality, expert; zero rows for
   absent modalities and padding) and, summed over a split without a host sync per batch, the
   expert load per input modality in ``imer evaluate --json`` (the paper's Fig. 3).
@@ -26,8 +29,10 @@ What is implemented, with the paper's equation numbers:
 Ablation switches (Tables 3-4): ``pretrain_experts=False`` (no unimodal expert training: one
 stage, experts from random init), ``mixing=False`` (no experts mixing training: one stage, each
 modality through its own expert and head, the prediction is the mean of the present
-modalities' heads), ``router="uniform"`` (equal weights over the experts), ``experts="at"``
-(the experts taking part in mixing; the router then scores only those).
+modalities' heads; Departures 11), ``router="uniform"`` (equal weights over the experts),
+``experts="at"`` (the experts taking part in mixing; the router then scores only those). The
+one-stage ablations get the run's whole epoch budget (the full model splits it 50/50): rows are
+compared at equal total budget, each with early stopping.
 
 Departures (paper vs. here, and where the official code differs):
 
@@ -68,13 +73,30 @@ Departures (paper vs. here, and where the official code differs):
    router weights of an absent (utterance, modality) are reported as zero.
 8. **Batch-mates.** In stage 2 the three input modalities run through each expert as one
    stacked batch (3 expert passes instead of 9; the same result, attention never crosses
-   dialogues or modalities).
+   dialogues or modalities). Router weights and the mixture are computed in fp32 also under
+   bf16 autocast; the attention scores follow autocast (the code computes them in fp32).
 9. **Hyper-parameters**: the official IEMOCAP command (d = 256, 4 layers, 2 heads, FFN ratio 1,
    dropout 0.5, attention dropout 0, Adam lr 1e-4, L2 1e-5, 16 dialogues per batch, 100 + 100
-   epochs without early stopping). imer's run defaults apply unless given (epochs split 50/50,
-   early stopping on validation, the data-sized dialogue batch); the declared learning rate is
-   the official 1e-4 (Departures 10 says what was measured).
-10. **Learning rate.** See the module's benchmark notes in ``benchmarks/fusion_mr_table.py``.
+   epochs without early stopping). imer's run defaults apply unless given: epochs split 50/50,
+   early stopping on validation (patience 30), 32 dialogues per batch (the data-sized default),
+   gradient clipping at norm 5, length-bucketed dialogue batches. ``imer train --epochs 200
+   --patience 0 --batch-size 16`` is the official run length and batch.
+10. **Learning rate**: the official 1e-4 is the declared default. On the IEMOCAP-structured
+   stand-in store (CPU, seed 0, mixed MR 0.0-0.7 training, selection on validation) it
+   converges inside imer's default budget: best epochs 34 of 50 (stage 1) and 6 of 50 (stage 2).
+11. **No-mixing ablation**: its single stage (the unimodal experts and heads *are* the model)
+   trains and selects under the run's protocol, as every other Table-3 row does; a head learns
+   from the utterances where its modality is present. (Table 4's single-expert cells equal
+   Table 3's no-mixing {a}/{t}/{v} cells, so the authors may have reported a one-expert mixing
+   run there instead; ``experts="a"`` is that reading.)
+12. **Utterance batches** (``--batch-mode utterance``): each dialogue is one utterance, so an
+   expert's attention has one key and the expert is a per-utterance MLP stack; allowed, but it
+   is not MoMKE's contextual model. The default is dialogue batches.
+13. **Data.** The official IEMOCAP loader feeds a speaker with no face track as an all-zero
+   video vector flagged present; imer's store records such a stream as missing, with a reason,
+   so stage 1's "complete" data are the streams that really exist.
+14. **Not provided**: an auxiliary weight for the unimodal heads in stage 2 (the paper and code
+   use none) and a learned position table (Departures 3).
 """
 
 from __future__ import annotations
@@ -222,7 +244,9 @@ class Momke(FusionMethod):
     # ------------------------------------------------------------------ stages
     def mask_policy(self, stage: str) -> str:
         if stage == "unimodal":
-            return self.config.unimodal_masks
+            # mixing=False: the unimodal stage *is* the model, trained and selected under the run's
+            # protocol like every other row of Table 3 (Departures 11).
+            return self.config.unimodal_masks if self.config.mixing else "protocol"
         return super().mask_policy(stage)
 
     def begin_stage(self, name: str) -> None:
@@ -243,13 +267,14 @@ class Momke(FusionMethod):
         present = batch.present & batch.valid[..., None]  # [B, L, 3]
         keep = {m: present[..., j] for j, m in enumerate(MODALITY_NAMES)}
         z = {m: self.proj_drop(self.proj[m](x[m])) for m in MODALITY_NAMES}  # eq. 12
+        route = x if self.config.router_input == "raw" else z  # the router never sees positions
         if self.config.block == "paper":  # eq. 13
             length = batch.valid.shape[1]
             pos = _sinusoid(length, self.config.hidden, batch.valid.device, z["audio"].dtype)
             z = {m: v + pos for m, v in z.items()}
         if self.stage == "unimodal":
             return self._unimodal(z, keep, present)
-        return self._mixing(x, z, keep, present)
+        return self._mixing(route, z, keep, present)
 
     def _unimodal(self, z: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], present: torch.Tensor) -> MethodOutput:
         """Eq. 15: each modality through its own expert and head; prediction for selection (and
@@ -261,7 +286,7 @@ class Momke(FusionMethod):
         return MethodOutput(logits, {"uni_logits": uni})
 
     def _mixing(
-        self, x: dict[str, torch.Tensor], z: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], present: torch.Tensor
+        self, route: dict[str, torch.Tensor], z: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], present: torch.Tensor
     ) -> MethodOutput:
         cfg = self.config
         b, l = present.shape[:2]
@@ -271,15 +296,16 @@ class Momke(FusionMethod):
         ks = torch.cat([keep[m] for m in mods], dim=0)  # [3B, L]
         reps = torch.stack([self.experts[e](zs, ks) for e in self.mix_experts], dim=-2)  # [3B, L, E, d]
         reps = reps.view(3, b, l, len(self.mix_experts), -1)
+        keep3 = present.permute(2, 0, 1)[..., None]  # [3, B, L, 1]
+        # Weights and the mixture in fp32 (under bf16 autocast 1/3 would be 0.334).
         if cfg.router == "uniform":
-            w = reps.new_full((3, b, l, len(self.mix_experts)), 1.0 / len(self.mix_experts))
+            w = torch.full((3, b, l, len(self.mix_experts)), 1.0 / len(self.mix_experts), device=reps.device)
         else:  # eq. 19-20
-            src = x if cfg.router_input == "raw" else z
-            w = torch.stack([torch.softmax(self.router[m](src[m]).float(), dim=-1) for m in mods]).to(reps.dtype)
-        keep3 = present.permute(2, 0, 1)  # [3, B, L]
-        w = w * keep3[..., None].to(w.dtype)  # absent (utterance, modality): no weights, Departures 7
-        mixed = (w[..., None] * reps).sum(-2)  # eq. 21, [3, B, L, d]; exactly 0 where absent
-        joint = torch.cat(list(mixed.unbind(0)), dim=-1)  # [B, L, 3d]
+            w = torch.stack([torch.softmax(self.router[m](route[m]).float(), dim=-1) for m in mods])
+        w = torch.where(keep3, w, torch.zeros_like(w))  # absent (utterance, modality): no weights, Departures 7
+        mixed = (w[..., None] * reps.float()).sum(-2)  # eq. 21, [3, B, L, d]
+        mixed = torch.where(keep3, mixed, torch.zeros_like(mixed))  # exactly 0 where absent, whatever reps held
+        joint = torch.cat(list(mixed.unbind(0)), dim=-1).to(reps.dtype)  # [B, L, 3d]
         hidden = joint + F.dropout(F.relu(self.fuse(joint)), cfg.dropout, self.training)  # Departures 5
         logits = self.head(hidden)  # eq. 22
         cols = {e: w[..., i] for i, e in enumerate(self.mix_experts)}  # experts not mixed: weight 0
@@ -301,8 +327,8 @@ class Momke(FusionMethod):
         w = out.aux.get("router_weights")
         if w is None:
             return {}
-        present = (batch.present & batch.valid[..., None]).to(w.dtype)  # [B, L, 3]
-        return {"router_weight_sum": w.sum((0, 1)), "router_count": present.sum((0, 1))}
+        present = (batch.present & batch.valid[..., None]).float()  # [B, L, 3]; fp32: bf16 cannot count past 256
+        return {"router_weight_sum": w.float().sum((0, 1)), "router_count": present.sum((0, 1))}
 
     def summarize(self, sums: dict[str, np.ndarray]) -> dict:
         """Mean router weight per input modality and expert over the present utterances: the

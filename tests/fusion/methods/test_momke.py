@@ -31,7 +31,6 @@ from imer.types import MODALITY_NAMES, TaskKind, TaskSpec  # noqa: E402
 
 DIMS = {"audio": 5, "text": 6, "video": 4}
 CLF = TaskSpec(TaskKind.CLASSIFICATION, ("c0", "c1", "c2", "c3"))
-REG = TaskSpec(TaskKind.REGRESSION, ("sentiment",))
 TINY = {"hidden": 8, "depth": 2, "heads": 2}
 
 
@@ -168,6 +167,76 @@ def test_unimodal_masks_option_trains_stage_one_under_the_protocol():
     assert stage_protocol(m, "unimodal", TrainConfig(missing_rate=0.5)).missing_rate == 0.5
 
 
+def test_official_layer_is_x_plus_attention_plus_ffn_of_attention():
+    """The released layer, written out: A = softmax(q k^T / sqrt(d_h), keys of the input
+    modality) v, no output projection, and x + A + FFN(A)."""
+    m = _model()
+    layer = m.experts["audio"].layers[0]
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 5, 8, generator=g)
+    keys = torch.tensor([[True, True, False, True, True], [False, True, True, True, False]])
+    qkv = layer.attn.qkv(x).view(2, 5, 3, 2, 4)  # heads 2 x 4
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, L, 4]
+    scores = (q @ k.transpose(-1, -2)) / 2.0
+    scores = scores.masked_fill(~keys[:, None, None, :], float("-inf"))
+    a = (torch.softmax(scores, -1) @ v).transpose(1, 2).reshape(2, 5, 8)
+    torch.testing.assert_close(layer(x, keys), x + a + layer.ffn(a))
+
+
+def test_keys_are_the_input_modality_present_utterances():
+    """Hiding text from one utterance changes neither the audio expert's view nor R^a."""
+    m = _model()
+    batch = _batch(missing=0.0)
+    fewer = dataclasses.replace(batch, present=batch.present.clone())
+    fewer.present[1, 2, 1] = False
+    m.begin_stage("unimodal")
+    a, b = m(batch).aux["uni_logits"], m(fewer).aux["uni_logits"]
+    torch.testing.assert_close(a["audio"], b["audio"])
+    assert not torch.allclose(a["text"][1], b["text"][1])  # text's other utterances lost a key
+    torch.testing.assert_close(a["text"][0], b["text"][0])  # other dialogues untouched
+    m.begin_stage("mixing")
+    d = TINY["hidden"]
+    ja, jb = _fuse_input(m, batch), _fuse_input(m, fewer)
+    torch.testing.assert_close(ja[..., :d], jb[..., :d])
+    torch.testing.assert_close(ja[..., 2 * d :], jb[..., 2 * d :])
+    assert (jb[1, 2, d : 2 * d] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "opts, stage",
+    [({}, "unimodal"), ({"block": "paper"}, "mixing"), ({"block": "paper"}, "unimodal"),
+     ({"router_input": "raw"}, "mixing"), ({"experts": "tv", "router": "uniform"}, "mixing")],
+)
+def test_a_dialogue_does_not_depend_on_its_batch_mates(opts, stage):
+    m = _model(**opts)
+    m.begin_stage(stage)
+    batch = _batch(b=3, l=6)
+    together = m(batch).logits
+    for i in range(3):
+        n = int(batch.valid[i].sum())
+        one = Batch({k: v[i : i + 1, :n] for k, v in batch.feats.items()}, batch.present[i : i + 1, :n],
+                    batch.valid[i : i + 1, :n], batch.y[i : i + 1, :n], batch.index[i : i + 1, :n])
+        torch.testing.assert_close(m(one).logits[0], together[i, :n], rtol=1e-4, atol=1e-5)
+
+
+def test_mixture_and_expert_load_stay_exact_under_bf16():
+    """Weights are mixed in fp32 (1/3, not bf16's 0.334) and utterances counted in fp32 (bf16
+    cannot count past 256)."""
+    m = _model(router="uniform")
+    batch = _batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(batch)
+    here = batch.present & batch.valid[..., None]
+    w = out.aux["router_weights"]
+    assert w.dtype == torch.float32
+    torch.testing.assert_close(w[here], torch.full_like(w[here], 1 / 3))
+    big = torch.full((1, 300, 3, 3), 1 / 3, dtype=torch.bfloat16)
+    long = Batch({k: torch.zeros(1, 300, d) for k, d in DIMS.items()}, torch.ones(1, 300, 3, dtype=torch.bool),
+                 torch.ones(1, 300, dtype=torch.bool), torch.zeros(1, 300, dtype=torch.long), torch.arange(300)[None])
+    sums = m.summary_sums(type(out)(out.logits, {"router_weights": big}), long)
+    assert sums["router_count"].tolist() == [300.0, 300.0, 300.0]
+
+
 # ---------------------------------------------------------------------- block variants
 def test_official_block_has_no_layernorm_or_output_projection_and_paper_block_has_both():
     off, pap = _model(), _model(block="paper")
@@ -200,6 +269,29 @@ def test_no_pretraining_keeps_the_model_and_drops_stage_one():
     torch.testing.assert_close(nopre(batch).logits, full(batch).logits)
 
 
+def test_uniform_router_parameters_get_no_gradient():
+    m = _model(router="uniform")
+    m.train()
+    m.begin_stage("mixing")
+    batch = _batch()
+    m.loss(m(batch), batch)["total"].backward()
+    assert all(p.grad is None for p in m.router.parameters())
+    assert m.experts["text"].layers[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("opts, stage", [({"pretrain_experts": False}, "mixing"), ({"mixing": False}, "unimodal")])
+def test_one_stage_ablations_get_the_whole_budget_under_the_protocol(opts, stage):
+    fs = make_featureset(n_dialogues=16, dims=DIMS, seed=2)
+    fs = Normalizer.fit(fs.split("train")).apply(fs)
+    cfg = TrainConfig(epochs=3, lr=1e-3, patience=None, batch_size=4, missing_rate=0.5)
+    seed_everything(0)
+    ready, sel = prepare_splits(fs, cfg)
+    m = _model(**opts)
+    res = fit(m, ready.split("train"), ready.split(sel), cfg, sel)
+    assert list(res.best) == [stage] and res.epochs_run == 3
+    assert stage_protocol(m, stage, cfg).missing_rate == 0.5
+
+
 def test_no_mixing_predicts_the_mean_of_the_present_experts_heads():
     m = _model(mixing=False)
     assert m.stages == ("unimodal",) and m.stage == "unimodal"
@@ -223,6 +315,13 @@ def test_expert_subset_mixes_only_those_experts():
     # Everything but the routers' last layers is the same model.
     diff = {n for n, p in full.state_dict().items() if sub.state_dict()[n].shape != p.shape}
     assert diff == {f"router.{m}.3.{k}" for m in MODALITY_NAMES for k in ("weight", "bias")}
+    # The video expert's weights play no part in the output.
+    batch = _batch()
+    ref = sub(batch).logits
+    with torch.no_grad():
+        for p in sub.experts["video"].parameters():
+            p.add_(1.0)
+    torch.testing.assert_close(sub(batch).logits, ref)
     one = _model(experts="v")
     torch.testing.assert_close(one(_batch()).aux["router_weights"][..., 2].sum(), (_batch().present & _batch().valid[..., None]).sum().float())
     with pytest.raises(BadInput, match="subset of 'atv'"):
