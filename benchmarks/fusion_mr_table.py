@@ -160,6 +160,8 @@ def run_momke_ablations(fs, args, results: list) -> None:
     trained = f"MR {args.train_missing_rate:.1f}" if args.train_missing_rate is not None else "mixed MR 0.0-0.7"
     print(f"\n[momke ablations] one model per row, trained under {trained} (the paper trains one per condition)")
     for name, opts in MOMKE_ABLATIONS.items():
+        if args.skip_full and not opts:
+            continue
         args.options = json.dumps({**base, **opts})
         res = run_one("momke", fs, args.train_missing_rate, args)
         res["ablation"] = name
@@ -227,6 +229,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--options", default="", help="JSON of method options, applied to every method")
     ap.add_argument("--ablations", action="store_true", help="Table 3 of the method: comp's KP/PG/Cr/GM rows, or momke's (no pre-training, no mixing, no router) with --methods momke")
+    ap.add_argument("--skip-full", action="store_true", help="--ablations: leave out the full model's row (already trained under the same settings)")
     ap.add_argument("--per-condition", action="store_true", help="train one model per fixed condition and test it there (MoMKE's Table 2 protocol)")
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args()
