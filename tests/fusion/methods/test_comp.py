@@ -52,15 +52,6 @@ TINY = {
 
 
 # ---------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster than two and does not fight parallel jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_model(max_len: int = 6, task: TaskSpec = CLF, seed: int = 0, **options):
     torch.manual_seed(seed)
     return build_method("comp", DIMS, task, {**TINY, **options}, {"max_dialogue_len": max_len})

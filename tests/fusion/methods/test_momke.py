@@ -34,14 +34,6 @@ CLF = TaskSpec(TaskKind.CLASSIFICATION, ("c0", "c1", "c2", "c3"))
 TINY = {"hidden": 8, "depth": 2, "heads": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(task: TaskSpec = CLF, seed: int = 0, **opts) -> Momke:
     torch.manual_seed(seed)
     return build_method("momke", DIMS, task, {**TINY, **opts}).eval()
