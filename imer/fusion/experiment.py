@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from imer.errors import BadInput
-from imer.fusion.base import FusionMethod, build_method
+from imer.fusion.base import METHODS, FusionMethod, build_method
 from imer.fusion.bundle import bundle_spec, save_bundle
 from imer.fusion.data import Normalizer
 from imer.fusion.evaluation import evaluate_table
@@ -85,6 +85,9 @@ def run_experiment(
     """
     cfg.validate()
     fs, sel_name = prepare_splits(fs, cfg)
+    if sel_name == "test" and METHODS.get(method).wants_combination_feedback and "valid" not in fs.splits:
+        # Selection may read test (the official protocol); training feedback never does.
+        fs = make_validation_split(fs, cfg.val_fraction, cfg.seed, cfg.val_by)
     train_split = fs.split("train")
     if len(train_split) == 0:
         raise BadInput("no utterance has split 'train'")
@@ -99,7 +102,9 @@ def run_experiment(
         if out is not None:
             save_bundle(out, m, normalizer, bundle_spec(m, fs.specs, asdict(cfg), train_result=result.to_dict(), **meta))
 
-    result = fit(model, data.split("train"), data.split(sel_name), cfg, sel_name, progress=progress, on_stage_end=checkpoint)
+    feedback = data.split("valid") if model.wants_combination_feedback and "valid" in data.splits else None
+    result = fit(model, data.split("train"), data.split(sel_name), cfg, sel_name, progress=progress,
+                 on_stage_end=checkpoint, feedback_fs=feedback)
     rows: list[dict] = []
     if evaluate and "test" in fs.splits:
         rows = evaluate_table(

@@ -178,8 +178,14 @@ class WeightAverage:
 
 
 def combination_feedback(method: FusionMethod, data: TensorData, mode: str, bs: int, amp: bool) -> dict[str, dict[str, float]]:
-    """Validation metrics under each of the 7 fixed modality combinations (for methods that adapt)."""
-    return {c: evaluate(method, data, condition_mask(data.n, c), mode, bs, amp) for c in CONDITIONS}
+    """Validation metrics under each of the 7 fixed modality combinations (for methods that adapt),
+    with the method's own summary of the split under that combination (``summarize``) merged in."""
+    out = {}
+    for c in CONDITIONS:
+        sums: dict[str, np.ndarray] = {}
+        metrics = evaluate(method, data, condition_mask(data.n, c), mode, bs, amp, sums=sums)
+        out[c] = {**metrics, **(method.summarize(sums) if sums else {})}
+    return out
 
 
 def fit(
@@ -190,6 +196,7 @@ def fit(
     sel_name: str = "valid",
     progress: Progress | None = None,
     on_stage_end: Callable[[str, FusionMethod, TrainResult], None] | None = None,
+    feedback_fs: FeatureSet | None = None,
 ) -> TrainResult:
     """Train ``method`` on ``train_fs``, selecting each stage's best epoch on ``sel_fs``.
 
@@ -213,6 +220,14 @@ def fit(
         raise BadInput(f"the {sel_name} split has no labelled utterances to select a model on")
     train = TensorData(train_fs, device)
     select = TensorData(sel_fs, device)
+    feedback_data = None
+    if method.wants_combination_feedback:
+        # Feedback steers training (MCULoRA's DPFT): it comes from validation data, never from
+        # the test split, whatever the split the epochs are selected on.
+        if feedback_fs is None and sel_name == "test":
+            raise BadInput(f"{method.registry_name} adapts its training to validation feedback: "
+                           "give it a validation split (feedback_fs) when selecting on test")
+        feedback_data = select if feedback_fs is None else TensorData(feedback_fs, device)
     mode = cfg.batch_mode or method.default_batch_mode
     bs = cfg.batch_size or default_batch_size(mode, train.mean_dialogue_len)
     method.to(device)
@@ -267,7 +282,7 @@ def fit(
             if average is not None:  # score (and keep) the averaged weights; train on the live ones
                 average.swap()
             metrics = evaluate(method, select, sel_mask, mode, bs, cfg.amp)
-            feedback = combination_feedback(method, select, mode, bs, cfg.amp) if method.wants_combination_feedback else {}
+            feedback = combination_feedback(method, feedback_data, mode, bs, cfg.amp) if feedback_data is not None else {}
             score = metrics.get(key, float("nan"))
             improved = score > best_score or best_state is None
             if improved:
