@@ -261,7 +261,8 @@ SYNC_OPS = {"aten::nonzero", "aten::item", "aten::_local_scalar_dense", "aten::i
 
 @pytest.mark.parametrize(
     "method, mode",
-    [("comp", "dialogue"), ("comp", "utterance"), ("concat", "utterance"), ("momke", "dialogue"), ("momke", "utterance")],
+    [("comp", "dialogue"), ("comp", "utterance"), ("concat", "utterance"), ("momke", "dialogue"), ("momke", "utterance"),
+     ("mculora", "dialogue")],
 )
 def test_a_training_step_makes_no_host_sync(method, mode):
     """Batch building, forward, loss, backward and clipping: none of the ops that make the host
