@@ -170,24 +170,25 @@ def run_per_condition(method: str, fs, args, results: list, label: str = "") -> 
     return by_cond
 
 
-def run_momke_ablations(fs, args, results: list) -> None:
-    """MoMKE's Table 3 rows, each one model under --train-missing-rate (default: mixed MR),
-    evaluated on the seven conditions and the MR table."""
+def run_method_ablations(method: str, variants: dict[str, dict], paper: dict[str, dict], fs, args, results: list) -> None:
+    """A method's ablation rows, each one model under --train-missing-rate (default: mixed MR),
+    evaluated on the seven conditions and the MR table, the paper's row beside each."""
     base = json.loads(args.options) if args.options else {}
     trained = f"MR {args.train_missing_rate:.1f}" if args.train_missing_rate is not None else "mixed MR 0.0-0.7"
-    print(f"\n[momke ablations] one model per row, trained under {trained} (the paper trains one per condition)")
-    for name, opts in MOMKE_ABLATIONS.items():
+    print(f"\n[{method} ablations] one model per row, trained under {trained}, evaluated on every condition and MR")
+    for name, opts in variants.items():
         if args.skip_full and not opts:
             continue
         args.options = json.dumps({**base, **opts})
-        res = run_one("momke", fs, args.train_missing_rate, args)
+        res = run_one(method, fs, args.train_missing_rate, args)
         res["ablation"] = name
         results.append(res)
         conds = {r["condition"]: (100 * r["WA"], 100 * r["UA"]) for r in res["rows"] if r["condition"] is not None}
         mr = {r["missing_rate"]: 100 * r["WA"] for r in res["rows"] if r["condition"] is None}
         print(f"\n  {name}: {res['epochs_run']} epochs, {res['steps']} steps, {res['seconds']:.0f} s; {convergence(res)}")
-        print("  " + condition_table(conds, MOMKE_PAPER[name]).replace("\n", "\n  "))
+        print("  " + condition_table(conds, paper[name]).replace("\n", "\n  "))
         print("  WA at MR 0.0/0.3/0.5/0.7: " + " / ".join(f"{mr[r]:.2f}" for r in (0.0, 0.3, 0.5, 0.7)))
+        report_mculora(res, args, name.replace(" ", "-").lower())  # prints nothing for other methods
     args.options = json.dumps(base)
 
 
@@ -225,27 +226,6 @@ def report_mculora(res: dict, args, label: str) -> None:
           + ", ".join(f"{{{','.join(c)}}} {first[c]:.3f}->{last[c]:.3f}" for c in first))
     out = (args.json_out.parent if args.json_out else ROOT / "bench-out") / f"dpft-{label}.png"
     print("  " + plot_dpft(history, out, f"MCULoRA DPFT ({label}; stand-in store)"))
-
-
-def run_mculora_ablations(fs, args, results: list) -> None:
-    """MCULoRA's ablation rows (full, no MCLA, no DPFT): one model each, evaluated on the seven
-    conditions (the paper's protocol: one model for all) and the MR table."""
-    base = json.loads(args.options) if args.options else {}
-    print("\n[mculora ablations] one model per row, evaluated on every condition and MR")
-    for name, opts in MCULORA_ABLATIONS.items():
-        if args.skip_full and not opts:
-            continue
-        args.options = json.dumps({**base, **opts})
-        res = run_one("mculora", fs, args.train_missing_rate, args)
-        res["ablation"] = name
-        results.append(res)
-        conds = {r["condition"]: (100 * r["WA"], 100 * r["UA"]) for r in res["rows"] if r["condition"] is not None}
-        mr = {r["missing_rate"]: 100 * r["WA"] for r in res["rows"] if r["condition"] is None}
-        print(f"\n  {name}: {res['epochs_run']} epochs, {res['steps']} steps, {res['seconds']:.0f} s; {convergence(res)}")
-        print("  " + condition_table(conds, MCULORA_PAPER[name]).replace("\n", "\n  "))
-        print("  WA at MR 0.0/0.3/0.5/0.7: " + " / ".join(f"{mr[r]:.2f}" for r in (0.0, 0.3, 0.5, 0.7)))
-        report_mculora(res, args, name.replace(" ", "-").lower())
-    args.options = json.dumps(base)
 
 
 def run_ablations(fs, args, results: list) -> None:
@@ -324,10 +304,10 @@ def main() -> None:
     print(f"selection on: {args.selection}" + ("  (official protocol: optimistic)" if args.selection == "test" else ""))
     results = []
     if args.ablations:
-        if args.methods.split(",") == ["momke"]:
-            run_momke_ablations(fs, args, results)
+        if args.methods.split(",") == ["momke"]:  # the paper trains one model per condition; here one per row
+            run_method_ablations("momke", MOMKE_ABLATIONS, MOMKE_PAPER, fs, args, results)
         elif args.methods.split(",") == ["mculora"]:
-            run_mculora_ablations(fs, args, results)
+            run_method_ablations("mculora", MCULORA_ABLATIONS, MCULORA_PAPER, fs, args, results)
         else:
             run_ablations(fs, args, results)
         if args.json_out:
